@@ -1,0 +1,79 @@
+"""`pyglue db`: the embedded server and migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pyglue import embedded, migrate, paths
+from pyglue import dsn as dsns
+
+
+@click.group()
+def db() -> None:
+    """Start the embedded Postgres and migrate databases."""
+
+
+@db.command()
+def up() -> None:
+    """Start (or reuse) the embedded server and print where it is."""
+    server = embedded.start()
+    click.echo(f"embedded Postgres running (pid {server.pid}) in {server.data_dir}")
+    click.echo(server.dsn)
+
+
+@db.command()
+def url() -> None:
+    """Print the embedded server's DSN (starting it if needed)."""
+    click.echo(embedded.start().dsn)
+
+
+@db.command()
+def down() -> None:
+    """Stop the embedded server."""
+    if embedded.stop():
+        click.echo("embedded Postgres stopped")
+    else:
+        click.echo("embedded Postgres was not running")
+
+
+_migrations_dir = click.option(
+    "--migrations-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=paths.MIGRATIONS, show_default=True, help="Folder of yoyo migrations to apply.",
+)
+
+
+@db.command("migrate")
+@_migrations_dir
+@click.option("--lock-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for another migration run before giving up.")
+@click.option("--break-lock", is_flag=True,
+              help="Delete a stale yoyo_lock row left by a killed `yoyo apply` before migrating.")
+@click.pass_obj
+def migrate_cmd(obj, migrations_dir: Path, lock_timeout: float, break_lock: bool) -> None:
+    """Apply pending migrations; safe to run from many processes at once."""
+    applied = migrate.migrate(obj.dsn, migrations_dir, lock_timeout=lock_timeout, break_lock=break_lock,
+                              report=click.echo)
+    click.echo(f"{len(applied)} migration(s) applied to {dsns.describe(obj.dsn)}")
+
+
+@db.command("status")
+@_migrations_dir
+@click.pass_obj
+def status_cmd(obj, migrations_dir: Path) -> None:
+    """List migrations and whether each is applied."""
+    states = migrate.status(obj.dsn, migrations_dir)
+    for state in states:
+        click.echo(f"{'applied' if state.applied else 'pending'}  {state.id}")
+    pending = sum(not s.applied for s in states)
+    click.echo(f"{len(states) - pending} applied, {pending} pending in {dsns.describe(obj.dsn)}")
+
+
+@db.command("new-migration")
+@click.argument("slug")
+@click.argument("routines", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def new_migration_cmd(slug: str, routines: tuple[Path, ...]) -> None:
+    """Write the next migration SLUG, copying ROUTINES (files of sql/functions, sql/triggers) into it."""
+    path = migrate.new_migration(slug, list(routines))
+    click.echo(f"wrote {path.relative_to(paths.ROOT)}")

@@ -1,0 +1,27 @@
+"""Opening connections with errors that name the database but never the password."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pyglue import dsn as dsns
+from pyglue.errors import PyglueError
+
+
+def connect(dsn: str, *, autocommit: bool = False, application_name: str = "pyglue", **kwargs) -> psycopg.Connection:
+    """A psycopg connection returning dict rows; connection failures become one PyglueError line."""
+    dsns.parse(dsn)
+    try:
+        return psycopg.connect(
+            dsn, autocommit=autocommit, row_factory=dict_row, application_name=application_name, **kwargs
+        )
+    except psycopg.OperationalError as exc:
+        reason = _first_line(exc)
+        raise PyglueError(f"cannot connect to {dsns.describe(dsn)}: {dsns.scrub(reason, dsn)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # libpq repeats "connection to server ... failed:" before the reason; keep the reason.
+    return lines[-1] if lines else type(exc).__name__
