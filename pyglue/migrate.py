@@ -9,7 +9,9 @@ computed only while both locks are held, so exactly one runner applies each migr
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import os
 import re
 import time
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from yoyo import get_backend, read_migrations
 
 from pyglue import db, paths
@@ -148,15 +151,22 @@ def _hold_yoyo_lock(conn: psycopg.Connection, timeout: float) -> None:
 
 
 def _backend(dsn: str):
+    # A runner killed mid-statement leaves its backend running the migration, holding its
+    # locks, until the server notices the client is gone; make it notice within a second.
+    # (An explicit options= replaces $PGOPTIONS, so carry that over.)
+    given = dsns.parse(dsn).get("options") or os.environ.get("PGOPTIONS", "")
+    options = f"{given} -c client_connection_check_interval=1000".strip()
     try:
-        return get_backend(dsns.to_yoyo_url(dsn))
+        return get_backend(dsns.to_yoyo_url(make_conninfo(dsn, options=options)))
     except psycopg.OperationalError as exc:
         raise PyglueError(f"cannot connect to {dsns.describe(dsn)}: {dsns.scrub(str(exc).strip(), dsn)}") from None
 
 
 def _apply_one(backend, migration) -> None:
     try:
-        backend.apply_one(migration)
+        # yoyo prints the result of every SELECT in a migration to stdout; keep our output ours.
+        with contextlib.redirect_stdout(io.StringIO()):
+            backend.apply_one(migration)
     except psycopg.Error as exc:
         message = (exc.diag.message_primary or str(exc)).strip()
         raise PyglueError(f"migration {migration.id} failed: {message}") from None

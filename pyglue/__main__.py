@@ -1,0 +1,3 @@
+from pyglue.cli import main
+
+main()
