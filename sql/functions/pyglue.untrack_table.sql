@@ -1,0 +1,29 @@
+-- pyglue.untrack_table(p_table, p_drop_columns): stop capturing changes of a table.
+--
+-- Drops the pyglue triggers and forgets the table; with p_drop_columns also drops
+-- sequence_id, should_update_sequence_id and their indexes. Its tombstones stay in
+-- pyglue.deleted_rows until purged. Returns false when the table was not tracked.
+-- Locks: ACCESS EXCLUSIVE on p_table.
+create or replace function pyglue.untrack_table(p_table regclass, p_drop_columns boolean default false)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    delete from pyglue.tracked_tables where table_name = p_table;
+    if not found then
+        return false;
+    end if;
+    execute format('drop trigger if exists _100_pyglue_flag_change on %s', p_table);
+    execute format('drop trigger if exists _900_pyglue_log_delete on %s', p_table);
+    execute format('drop trigger if exists _900_pyglue_log_truncate on %s', p_table);
+    if p_drop_columns then
+        execute format('alter table %s drop column if exists sequence_id,'
+                       ' drop column if exists should_update_sequence_id', p_table);
+    end if;
+    return true;
+end;
+$$;
+
+comment on function pyglue.untrack_table(regclass, boolean) is
+    'Stop change capture on a table (optionally dropping its sequence columns). Returns false if it was not tracked.';
