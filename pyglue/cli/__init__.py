@@ -70,8 +70,12 @@ def _one_line(exc: BaseException) -> str:
     return dsns.redact(text)
 
 
-from pyglue.cli import db as _db  # noqa: E402  (register command groups)
+from pyglue.cli import capture as _capture  # noqa: E402  (register command groups)
+from pyglue.cli import db as _db  # noqa: E402
 from pyglue.cli import demo as _demo  # noqa: E402
 
 cli.add_command(_db.db)
 cli.add_command(_demo.demo)
+cli.add_command(_capture.sequence)
+cli.add_command(_capture.fusebox)
+cli.add_command(_capture.purge_tombstones)

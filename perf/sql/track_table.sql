@@ -1,0 +1,1 @@
+select pyglue.track_table(%(table)s::regclass)
