@@ -9,12 +9,13 @@ from pyglue import dsn as dsns
 from pyglue.errors import PyglueError
 
 
-def connect(dsn: str, *, autocommit: bool = False, application_name: str = "pyglue", **kwargs) -> psycopg.Connection:
-    """A psycopg connection returning dict rows; connection failures become one PyglueError line."""
+def connect(dsn: str, *, autocommit: bool = False, application_name: str = "pyglue", row_factory=dict_row,
+            **kwargs) -> psycopg.Connection:
+    """A psycopg connection (dict rows by default); connection failures become one PyglueError line."""
     dsns.parse(dsn)
     try:
         return psycopg.connect(
-            dsn, autocommit=autocommit, row_factory=dict_row, application_name=application_name, **kwargs
+            dsn, autocommit=autocommit, row_factory=row_factory, application_name=application_name, **kwargs
         )
     except psycopg.OperationalError as exc:
         reason = _first_line(exc)

@@ -53,12 +53,21 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except (PyglueError, psycopg.Error, OSError) as exc:
-        if verbose:
-            import traceback
-
-            traceback.print_exc()
+        _show_traceback(verbose)
         click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(1)
+    except Exception as exc:  # a bug: still one line, the traceback with -v
+        _show_traceback(verbose)
+        click.echo(f"error: internal error ({type(exc).__name__}: {_one_line(exc)}); rerun with -v for details",
+                   err=True)
+        sys.exit(1)
+
+
+def _show_traceback(verbose: bool) -> None:
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -73,9 +82,13 @@ def _one_line(exc: BaseException) -> str:
 from pyglue.cli import capture as _capture  # noqa: E402  (register command groups)
 from pyglue.cli import db as _db  # noqa: E402
 from pyglue.cli import demo as _demo  # noqa: E402
+from pyglue.cli import sync as _sync  # noqa: E402
 
 cli.add_command(_db.db)
 cli.add_command(_demo.demo)
 cli.add_command(_capture.sequence)
 cli.add_command(_capture.fusebox)
 cli.add_command(_capture.purge_tombstones)
+cli.add_command(_sync.targets_group)
+cli.add_command(_sync.sync_cmd)
+cli.add_command(_sync.status_cmd)

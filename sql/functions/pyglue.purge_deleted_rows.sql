@@ -1,6 +1,8 @@
 -- pyglue.purge_deleted_rows(p_older_than): drop old tombstones so the log stays small.
--- Only stamped tombstones (already handed to sync) deleted longer than p_older_than ago
--- go. Returns how many were removed. Errors: 22023 negative retention.
+-- A tombstone goes when it is stamped, was deleted longer than p_older_than ago, and no
+-- sync target of its tenancy still needs it: every target whose mapping exports that
+-- table has a cursor at or past it (a target that never synced needs no tombstones).
+-- Returns how many were removed. Errors: 22023 negative retention.
 create or replace function pyglue.purge_deleted_rows(p_older_than interval default '7 days')
 returns bigint
 language plpgsql
@@ -13,11 +15,18 @@ begin
         raise exception 'retention must not be negative, got %', p_older_than using errcode = '22023';
     end if;
     delete from pyglue.deleted_rows d
-    where not d.should_update_sequence_id and d.deleted_at < now() - p_older_than;
+    where not d.should_update_sequence_id
+      and d.deleted_at < now() - p_older_than
+      and not exists (
+          select 1
+          from pyglue.sync_targets t
+          join pyglue.sync_mappings m on m.source_table = d.table_name
+          join pyglue.sync_cursors c on c.target_id = t.id and c.mapping_name = m.name
+          where t.tenancy_id = d.tenancy_id and c.last_synced_sequence_id < d.sequence_id);
     get diagnostics v_count = row_count;
     return v_count;
 end;
 $$;
 
 comment on function pyglue.purge_deleted_rows(interval) is
-    'Delete stamped tombstones older than the retention period. Returns how many.';
+    'Delete stamped tombstones older than the retention period that no sync target still needs. Returns how many.';

@@ -7,11 +7,17 @@
 -- (rows removed by foreign-key cascades included). Idempotent: a second call changes
 -- nothing but the recorded tenancy column.
 --
+-- Tenant isolation for sync mappings: grants SELECT to pyglue_mapping_reader and adds a
+-- restrictive row-level security policy for that role keyed by the per-transaction
+-- setting pyglue.tenancy_id. What other roles see does not change: if row-level security
+-- was off, it is turned on with a permissive policy for everyone (using true); if the
+-- table already had its own policies, only the reader gets a permissive one.
+--
 -- Parameters: p_table, any ordinary table with a primary key; p_tenancy_column, its uuid
 -- column naming the tenancy (default tenancy_id).
 -- Errors: 42809 not an ordinary table or a pyglue table; 42P16 no primary key;
 -- 42703 no such column; 42804 tenancy column is not uuid.
--- Locks: ACCESS EXCLUSIVE on p_table while its columns and triggers are added.
+-- Locks: ACCESS EXCLUSIVE on p_table while its columns, triggers and policies are added.
 create or replace function pyglue.track_table(p_table regclass, p_tenancy_column name default 'tenancy_id')
 returns void
 language plpgsql
@@ -23,8 +29,10 @@ declare
     v_schema name;
     v_key name[];
     v_tenancy_type regtype;
+    v_had_rls boolean;
+    v_rls_ours boolean;
 begin
-    select c.relname, c.relkind, n.nspname into v_relname, v_relkind, v_schema
+    select c.relname, c.relkind, n.nspname, c.relrowsecurity into v_relname, v_relkind, v_schema, v_had_rls
     from pg_class c join pg_namespace n on n.oid = c.relnamespace
     where c.oid = p_table;
     if v_relkind is distinct from 'r' or v_schema = 'pyglue' then
@@ -76,8 +84,22 @@ begin
         'create or replace trigger _900_pyglue_log_truncate before truncate on %s for each statement'
         ' execute function pyglue._tg_log_delete(%L, %L)', p_table, p_tenancy_column, v_key::text);
 
-    insert into pyglue.tracked_tables (table_name, tenancy_column, key_columns)
-    values (p_table, p_tenancy_column, v_key)
+    -- row-level security for mapping reads (see the header)
+    select t.rls_enabled_by_pyglue into v_rls_ours from pyglue.tracked_tables t where t.table_name = p_table;
+    v_rls_ours := coalesce(v_rls_ours, not v_had_rls);
+    execute format('grant usage on schema %I to pyglue_mapping_reader', v_schema);
+    execute format('grant select on %s to pyglue_mapping_reader', p_table);
+    execute format('drop policy if exists pyglue_visible on %s', p_table);
+    execute format('drop policy if exists pyglue_tenancy_isolation on %s', p_table);
+    execute format('create policy pyglue_visible on %s as permissive to %s using (true)',
+                   p_table, case when v_rls_ours then 'public' else 'pyglue_mapping_reader' end);
+    execute format(
+        'create policy pyglue_tenancy_isolation on %s as restrictive to pyglue_mapping_reader'
+        ' using (%I = nullif(current_setting(''pyglue.tenancy_id'', true), '''')::uuid)', p_table, p_tenancy_column);
+    execute format('alter table %s enable row level security', p_table);
+
+    insert into pyglue.tracked_tables (table_name, tenancy_column, key_columns, rls_enabled_by_pyglue)
+    values (p_table, p_tenancy_column, v_key, v_rls_ours)
     on conflict (table_name) do update
         set tenancy_column = excluded.tenancy_column, key_columns = excluded.key_columns;
 end;

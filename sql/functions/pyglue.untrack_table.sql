@@ -1,6 +1,7 @@
 -- pyglue.untrack_table(p_table, p_drop_columns): stop capturing changes of a table.
 --
--- Drops the pyglue triggers and forgets the table; with p_drop_columns also drops
+-- Drops the pyglue triggers and policies (turning row-level security off again if
+-- track_table turned it on) and forgets the table; with p_drop_columns also drops
 -- sequence_id, should_update_sequence_id and their indexes. Its tombstones stay in
 -- pyglue.deleted_rows until purged. Returns false when the table was not tracked.
 -- Locks: ACCESS EXCLUSIVE on p_table.
@@ -9,11 +10,20 @@ returns boolean
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+    v_rls_ours boolean;
 begin
-    delete from pyglue.tracked_tables where table_name = p_table;
+    delete from pyglue.tracked_tables t where t.table_name = p_table
+    returning t.rls_enabled_by_pyglue into v_rls_ours;
     if not found then
         return false;
     end if;
+    execute format('drop policy if exists pyglue_visible on %s', p_table);
+    execute format('drop policy if exists pyglue_tenancy_isolation on %s', p_table);
+    if v_rls_ours then
+        execute format('alter table %s disable row level security', p_table);
+    end if;
+    execute format('revoke select on %s from pyglue_mapping_reader', p_table);
     execute format('drop trigger if exists _100_pyglue_flag_change on %s', p_table);
     execute format('drop trigger if exists _900_pyglue_log_delete on %s', p_table);
     execute format('drop trigger if exists _900_pyglue_log_truncate on %s', p_table);

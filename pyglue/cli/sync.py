@@ -1,0 +1,136 @@
+"""`pyglue targets …`, `pyglue sync --tenant`, `pyglue status`, `pyglue worker`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import click
+
+from pyglue import capture, db
+from pyglue.errors import PyglueError
+from pyglue.progress import Progress
+from pyglue.sync import engine, mappings, targets
+
+TENANT = click.option("--tenant", "tenant", type=click.UUID, required=True, help="Tenancy id (uuid).")
+MAPPINGS_DIR = click.option("--mappings-dir", "mappings_dirs", multiple=True,
+                            type=click.Path(exists=True, file_okay=False, path_type=Path),
+                            help="Extra folder of mapping templates (repeatable; also $PYGLUE_MAPPINGS_PATH).")
+
+
+@click.group("targets")
+def targets_group() -> None:
+    """Manage the external databases tenancies sync into."""
+
+
+@targets_group.command("add")
+@TENANT
+@click.option("--name", required=True, help="Target name, unique within the tenancy.")
+@click.option("--dsn", "target_dsn", required=True, help="Connection string of the target database.")
+@click.pass_obj
+def targets_add(obj, tenant: uuid.UUID, name: str, target_dsn: str) -> None:
+    """Add a target and queue its first sync."""
+    with db.connect(obj.dsn) as conn:
+        target_id = targets.add(conn, tenant, name, target_dsn)
+    click.echo(f"target {name} (id {target_id}) added for tenancy {tenant}")
+
+
+@targets_group.command("list")
+@click.option("--tenant", type=click.UUID, help="Only this tenancy's targets.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def targets_list(obj, tenant: uuid.UUID | None, as_json: bool) -> None:
+    """List targets (connection strings are never printed)."""
+    with db.connect(obj.dsn) as conn:
+        rows = targets.listing(conn, tenant)
+    if as_json:
+        click.echo(json.dumps(rows, default=str))
+        return
+    for r in rows:
+        state = "enabled" if r["enabled"] else "disabled"
+        error = f"  last error: {r['last_error']}" if r["last_error"] else ""
+        click.echo(f"{r['tenancy_id']}  {r['name']:<16} {state:<8} {r['where']}{error}")
+
+
+def _toggle(command_name: str, enabled: bool, doc: str):
+    @targets_group.command(command_name, help=doc)
+    @TENANT
+    @click.option("--name", required=True, help="Target name.")
+    @click.pass_obj
+    def command(obj, tenant: uuid.UUID, name: str) -> None:
+        with db.connect(obj.dsn) as conn:
+            targets.set_enabled(conn, tenant, name, enabled)
+        click.echo(f"target {name} {'enabled' if enabled else 'disabled'}")
+
+    return command
+
+
+targets_enable = _toggle("enable", True, "Resume syncing into a target (clears its backoff).")
+targets_disable = _toggle("disable", False, "Stop syncing into a target; changes wait, nothing is lost.")
+
+
+@targets_group.command("remove")
+@TENANT
+@click.option("--name", required=True, help="Target name.")
+@click.pass_obj
+def targets_remove(obj, tenant: uuid.UUID, name: str) -> None:
+    """Forget a target (its database keeps the data)."""
+    with db.connect(obj.dsn) as conn:
+        targets.remove(conn, tenant, name)
+    click.echo(f"target {name} removed")
+
+
+@click.command("sync")
+@TENANT
+@click.option("--mapping", "mapping_names", multiple=True, help="Only these mappings (repeatable).")
+@MAPPINGS_DIR
+@click.option("--page-size", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Rows per page; each page is one target transaction.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def sync_cmd(obj, tenant: uuid.UUID, mapping_names: tuple[str, ...], mappings_dirs: tuple[Path, ...],
+             page_size: int, as_json: bool) -> None:
+    """Sequence and sync one tenancy's targets until caught up; exit 1 if a target failed."""
+    chosen = mappings.select(mappings.load_all(list(mappings_dirs)), list(mapping_names))
+    with db.connect(obj.dsn) as conn:
+        backlog = sum(r["pending_rows"] for r in targets.status(conn, tenant))
+        backlog += sum(capture.pending_changes(conn).values())
+    with Progress(backlog, "syncing", enabled=not as_json) as progress:
+        result = engine.sync_until_caught_up(obj.dsn, tenant, chosen,
+                                             engine.Options(page_size=page_size, ignore_backoff=True,
+                                                            on_rows=progress.advance))
+    if as_json:
+        click.echo(json.dumps({"tenancy_id": str(tenant), "sync_disabled": result.sync_disabled,
+                               "targets": [t.__dict__ for t in result.targets]}))
+    else:
+        if not result.targets:
+            click.echo(f"tenancy {tenant} has no enabled sync targets")
+        for t in result.targets:
+            click.echo(f"{t.name}: {t.rows} row(s) applied" + (f", FAILED: {t.error}" if t.error else ""))
+        if result.sync_disabled:
+            click.echo("sync is off in the fusebox; nothing applied")
+    if result.failed:
+        first = result.failed[0]
+        raise PyglueError(f"target {first.name!r} of tenancy {tenant} failed: {first.error}")
+
+
+@click.command("status")
+@click.option("--tenant", type=click.UUID, help="Only this tenancy.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def status_cmd(obj, tenant: uuid.UUID | None, as_json: bool) -> None:
+    """Per target and mapping: pending rows, cursor, last success and error; queue health."""
+    with db.connect(obj.dsn) as conn:
+        rows = targets.status(conn, tenant)
+    if as_json:
+        click.echo(json.dumps(rows, default=str))
+        return
+    if not rows:
+        click.echo("no sync targets")
+    for r in rows:
+        line = (f"{r['tenancy_id']} {r['target_name']:<14} {r['mapping_name']:<22} pending {r['pending_rows']:>8}"
+                f"  cursor {r['last_synced_sequence_id']:>10}  queue {r['queue_depth']} dead {r['dead_requests']}")
+        if r["last_error"]:
+            line += f"  last error: {r['last_error']}"
+        click.echo(line)

@@ -1,0 +1,1 @@
+"""Tenant sync: mappings, the engine that applies them to targets, the worker, status."""

@@ -1,0 +1,221 @@
+"""The sync engine: for one tenancy, bring every enabled target up to date, mapping by mapping.
+
+Per target: lock (tenancy, target) on the target, create the cursor table and mapping
+tables once, then page through each mapping: fetch a page in a read-only transaction as
+the restricted reader role with the tenancy setting and a statement timeout, reduce it to
+the last change per key, apply it to the target in one transaction with the cursor. A
+target that fails is recorded (error, backoff) and the others go on.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+from psycopg.types.string import TextLoader
+
+from pyglue import capture, db
+from pyglue import dsn as dsns
+from pyglue.errors import PyglueError
+from pyglue.sync.mappings import Mapping
+from pyglue.sync.target import Page, TargetTables
+
+READER_ROLE = "pyglue_mapping_reader"
+
+
+@dataclass
+class Options:
+    page_size: int = 5000
+    statement_timeout_ms: int = 30000
+    lock_timeout_s: float = 60.0
+    ignore_backoff: bool = False  # `pyglue sync --tenant` tries every enabled target now
+    stop: threading.Event = field(default_factory=threading.Event)  # finish the page, then return
+    on_rows: Callable[[int], None] = lambda _n: None
+    on_page: Callable[[], None] = lambda: None  # e.g. renew a queue lease
+
+
+@dataclass
+class TargetResult:
+    name: str
+    rows: int = 0
+    error: str | None = None
+    skipped: str | None = None
+
+
+@dataclass
+class TenancyResult:
+    tenancy_id: uuid.UUID
+    targets: list[TargetResult] = field(default_factory=list)
+    sync_disabled: bool = False
+    stopped: bool = False
+
+    @property
+    def rows(self) -> int:
+        return sum(t.rows for t in self.targets)
+
+    @property
+    def failed(self) -> list[TargetResult]:
+        return [t for t in self.targets if t.error]
+
+
+class SyncDisabled(Exception):
+    """The fusebox's sync switch is off."""
+
+
+class Stopped(Exception):
+    """The caller asked to stop between pages."""
+
+
+def source_connection(dsn: str) -> psycopg.Connection:
+    """A source connection for fetching: jsonb and json arrive as their exact text."""
+    conn = db.connect(dsn, application_name="pyglue sync")
+    for name in ("json", "jsonb"):
+        conn.adapters.register_loader(name, TextLoader)
+    return conn
+
+
+def register_mappings(source: psycopg.Connection, mappings: list[Mapping]) -> None:
+    with source.transaction():
+        for m in mappings:
+            source.execute("select pyglue.register_mapping(%s, %s::regclass)", (m.name, m.source_table))
+
+
+def due_targets(source: psycopg.Connection, tenancy_id: uuid.UUID, ignore_backoff: bool) -> list[dict]:
+    with source.transaction():
+        return source.execute(
+            "select id, name, connection_string, retry_after > now() as backing_off from pyglue.sync_targets"
+            " where tenancy_id = %s and enabled order by name", (tenancy_id,)).fetchall()
+
+
+def sync_tenancy(source: psycopg.Connection, tenancy_id: uuid.UUID, mappings: list[Mapping],
+                 options: Options | None = None) -> TenancyResult:
+    """One round over every enabled target of the tenancy; never raises for a target's failure."""
+    options = options or Options()
+    result = TenancyResult(tenancy_id)
+    register_mappings(source, mappings)
+    for target in due_targets(source, tenancy_id, options.ignore_backoff):
+        outcome = TargetResult(target["name"])
+        result.targets.append(outcome)
+        if target["backing_off"] and not options.ignore_backoff:
+            outcome.skipped = "backing off after an error"
+            continue
+        try:
+            outcome.rows = sync_target(source, tenancy_id, target, mappings, options)
+        except SyncDisabled:
+            result.sync_disabled = True
+            break
+        except Stopped:
+            result.stopped = True
+            break
+        except (PyglueError, psycopg.Error, OSError) as exc:
+            outcome.error = _one_line(exc, target["connection_string"])
+            _record(source, target["id"], outcome.error)
+            continue
+        _record(source, target["id"], None)
+    return result
+
+
+def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict, mappings: list[Mapping],
+                options: Options) -> int:
+    """All mappings of one target until each is caught up; returns rows applied."""
+    applied = 0
+    with db.connect(target["connection_string"], autocommit=True, application_name="pyglue sync",
+                    row_factory=psycopg.rows.tuple_row) as conn:
+        tables = TargetTables(conn, tenancy_id)
+        tables.lock(options.lock_timeout_s)
+        tables.ensure_metadata()
+        for mapping in mappings:
+            cursor = tables.ensure_mapping(mapping)
+            while True:
+                if options.stop.is_set():
+                    raise Stopped()
+                page = fetch_page(source, tenancy_id, mapping, cursor, options)
+                if page is None:
+                    break
+                tables.apply(mapping, page, cursor)
+                cursor = page.last_sequence_id
+                with source.transaction():
+                    source.execute("select pyglue.record_sync_cursor(%s, %s, %s)", (target["id"], mapping.name, cursor))
+                applied += page.fetched
+                options.on_rows(page.fetched)
+                options.on_page()
+                if page.fetched < options.page_size:
+                    break
+    return applied
+
+
+def fetch_page(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping: Mapping, cursor: int,
+               options: Options) -> Page | None:
+    """The next page of a mapping after cursor, read under tenant isolation; None when caught up."""
+    with source.transaction():
+        source.execute("set transaction read only")
+        if not source.execute("select sync_enabled from pyglue.fusebox").fetchone()["sync_enabled"]:
+            raise SyncDisabled()
+        source.execute("select set_config('pyglue.tenancy_id', %s, true), set_config('statement_timeout', %s, true)",
+                       (str(tenancy_id), str(options.statement_timeout_ms)))
+        source.execute(sql.SQL("set local role {}").format(sql.Identifier(READER_ROLE)))
+        cur = source.cursor(row_factory=psycopg.rows.tuple_row)
+        try:
+            cur.execute(mapping.fetch_sql, {"tenancy_id": tenancy_id, "cursor": cursor, "limit": options.page_size})
+        except psycopg.Error as exc:
+            raise PyglueError(f"mapping {mapping.name}: fetch failed: {exc.diag.message_primary or exc}") from None
+        names = [d.name for d in cur.description]
+        rows = cur.fetchall()
+    if not rows:
+        return None
+    return reduce_page(mapping, names, rows)
+
+
+def reduce_page(mapping: Mapping, names: list[str], rows: list[tuple]) -> Page:
+    """Keep only the last change of each key (rows arrive in sequence order)."""
+    if names[:2] != ["sequence_id", "is_deleted"]:
+        raise PyglueError(f"mapping {mapping.name}: fetch must return sequence_id, is_deleted first, got {names[:2]}")
+    columns = names[2:]
+    missing = [k for k in mapping.key_columns if k not in columns]
+    if missing:
+        raise PyglueError(f"mapping {mapping.name}: fetch does not return key column {missing[0]}")
+    key_at = [columns.index(k) + 2 for k in mapping.key_columns]
+    last: dict[tuple, tuple] = {}
+    for row in rows:
+        last[tuple(row[i] for i in key_at)] = row
+    upserts = [row[2:] for row in last.values() if not row[1]]
+    deletes = [key for key, row in last.items() if row[1]]
+    return Page(columns, upserts, deletes, rows[-1][0], len(rows))
+
+
+def _record(source: psycopg.Connection, target_id: int, error: str | None) -> None:
+    with source.transaction():
+        source.execute("select pyglue.record_sync_result(%s, %s)", (target_id, error))
+
+
+def _one_line(exc: BaseException, *secrets: str) -> str:
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        text = exc.diag.message_primary
+    else:
+        text = str(exc)
+    return dsns.scrub(" ".join(text.split()), *secrets)
+
+
+def sync_until_caught_up(dsn: str, tenancy_id: uuid.UUID, mappings: list[Mapping],
+                         options: Options | None = None) -> TenancyResult:
+    """`pyglue sync --tenant`: sequence, sync, repeat until a round moves nothing."""
+    options = options or Options()
+    total = TenancyResult(tenancy_id)
+    with source_connection(dsn) as source:
+        by_name: dict[str, TargetResult] = {}
+        while True:
+            capture.sequence_until_idle(source)
+            round_ = sync_tenancy(source, tenancy_id, mappings, options)
+            for t in round_.targets:
+                seen = by_name.setdefault(t.name, TargetResult(t.name))
+                seen.rows += t.rows
+                seen.error, seen.skipped = t.error, t.skipped
+            total.sync_disabled, total.stopped = round_.sync_disabled, round_.stopped
+            if round_.rows == 0 or round_.sync_disabled or round_.stopped or round_.failed:
+                break
+        total.targets = list(by_name.values())
+    return total

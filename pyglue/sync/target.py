@@ -1,0 +1,176 @@
+"""The target side: one tenancy's tables and cursors in an external Postgres database.
+
+Everything here runs on a connection to the target. A page is applied in ONE transaction:
+deletes, a COPY into a session temp table and one INSERT … ON CONFLICT from it, and the
+cursor advance, guarded so a cursor that moved under us aborts the page.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from pyglue import paths, render
+from pyglue.errors import PyglueError
+from pyglue.sync.mappings import Mapping
+
+METADATA = "_pyglue_sync_metadata"
+
+
+class TargetBusy(PyglueError):
+    """Another sync of the same tenancy into the same target holds the lock."""
+
+
+@dataclass
+class Page:
+    """Rows fetched for one mapping, reduced to the last change of each key."""
+
+    columns: list[str]  # target columns, in fetch order
+    upserts: list[tuple]
+    deletes: list[tuple]  # key tuples
+    last_sequence_id: int
+    fetched: int
+
+
+class TargetTables:
+    """One tenancy's view of one target database (a connection in autocommit mode)."""
+
+    def __init__(self, conn: psycopg.Connection, tenancy_id: uuid.UUID, schema: str = "public"):
+        self.conn, self.tenancy_id, self.schema = conn, tenancy_id, schema
+        self._column_types: dict[str, dict[str, str]] = {}
+        self._staged: set[str] = set()
+
+    def lock(self, timeout_s: float) -> None:
+        """Serialize runs for this tenancy and target: session advisory lock, dropped with the connection."""
+        self.conn.execute("select set_config('lock_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
+        try:
+            self.conn.execute("select pg_advisory_lock(hashtextextended('pyglue.sync:' || %s, 0))",
+                              (str(self.tenancy_id),))
+        except psycopg.errors.LockNotAvailable:
+            raise TargetBusy(f"another sync of tenancy {self.tenancy_id} into this target is running") from None
+        finally:
+            self.conn.execute("reset lock_timeout")
+
+    def ensure_metadata(self) -> None:
+        """Create the cursor table once; refuse a database that holds another tenancy's data."""
+        with self.conn.transaction():
+            exists = self.conn.execute("select to_regclass(%s) is not null",
+                                       (f"{sql.Identifier(self.schema).as_string(None)}.{METADATA}",)).fetchone()[0]
+            if not exists:
+                self.conn.execute(self._render_target("metadata.sql.j2"))
+            other = self.conn.execute(
+                sql.SQL("select tenancy_id from {}.{} where tenancy_id <> %s limit 1").format(
+                    sql.Identifier(self.schema), sql.Identifier(METADATA)), (self.tenancy_id,)).fetchone()
+        if other:
+            raise PyglueError(f"target already holds data of tenancy {other[0]}; refusing to sync tenancy "
+                              f"{self.tenancy_id} into it (one target database per tenancy)")
+
+    def ensure_mapping(self, mapping: Mapping) -> int:
+        """The mapping's cursor; on first sync, create its table (once) and a cursor row of 0."""
+        with self.conn.transaction():
+            cursor = self._cursor(mapping, lock=False)
+            if cursor is not None:
+                return cursor
+            table = sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(mapping.target_table))
+            present = self.conn.execute("select to_regclass(%s) is not null", (table.as_string(self.conn),)).fetchone()[0]
+            if present and self.conn.execute(sql.SQL("select exists (select 1 from {})").format(table)).fetchone()[0]:
+                raise PyglueError(f"target table {mapping.target_table} already holds rows pyglue did not write; "
+                                  "refusing to sync into it")
+            self.conn.execute(mapping.ddl_sql)
+            # readable by the target's other roles, never writable by them
+            self.conn.execute(sql.SQL("revoke all on {} from public").format(table))
+            self.conn.execute(sql.SQL("grant select on {} to public").format(table))
+            self.conn.execute(
+                sql.SQL("insert into {}.{} (tenancy_id, mapping_name) values (%s, %s)").format(
+                    sql.Identifier(self.schema), sql.Identifier(METADATA)), (self.tenancy_id, mapping.name))
+            return 0
+
+    def cursor(self, mapping: Mapping) -> int:
+        with self.conn.transaction():
+            value = self._cursor(mapping, lock=False)
+        if value is None:
+            raise PyglueError(f"mapping {mapping.name} has no cursor in the target")
+        return value
+
+    def apply(self, mapping: Mapping, page: Page, expected_cursor: int) -> None:
+        """Deletes, upserts and the cursor advance in one transaction."""
+        with self.conn.transaction():
+            current = self._cursor(mapping, lock=True)
+            if current != expected_cursor:
+                raise PyglueError(f"cursor of mapping {mapping.name} moved from {expected_cursor} to {current} "
+                                  "during the page; page not applied")
+            if page.deletes:
+                self._delete(mapping, page.deletes)
+            if page.upserts:
+                self._upsert(mapping, page.columns, page.upserts)
+            self.conn.execute(
+                sql.SQL("update {}.{} set last_synced_sequence_id = %s, updated_at = now()"
+                        " where tenancy_id = %s and mapping_name = %s").format(
+                    sql.Identifier(self.schema), sql.Identifier(METADATA)),
+                (page.last_sequence_id, self.tenancy_id, mapping.name))
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _cursor(self, mapping: Mapping, lock: bool) -> int | None:
+        query = sql.SQL("select last_synced_sequence_id from {}.{} where tenancy_id = %s and mapping_name = %s{}").format(
+            sql.Identifier(self.schema), sql.Identifier(METADATA), sql.SQL(" for update" if lock else ""))
+        row = self.conn.execute(query, (self.tenancy_id, mapping.name)).fetchone()
+        return None if row is None else row[0]
+
+    def _types(self, mapping: Mapping) -> dict[str, str]:
+        if mapping.name not in self._column_types:
+            rows = self.conn.execute(
+                "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a"
+                " where a.attrelid = %s::regclass and a.attnum > 0 and not a.attisdropped",
+                (sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(mapping.target_table))
+                 .as_string(self.conn),)).fetchall()
+            self._column_types[mapping.name] = dict(rows)
+        return self._column_types[mapping.name]
+
+    def _table(self, mapping: Mapping) -> sql.Composable:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(mapping.target_table))
+
+    def _delete(self, mapping: Mapping, keys: list[tuple]) -> None:
+        types = self._types(mapping)
+        columns = list(mapping.key_columns)
+        arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(types[c])) for c in columns)
+        match = sql.SQL(" and ").join(
+            sql.SQL("t.{c} = d.{c}").format(c=sql.Identifier(c)) for c in columns)
+        query = sql.SQL("delete from {table} t using unnest({arrays}) as d({names}) where {match}").format(
+            table=self._table(mapping), arrays=arrays, names=sql.SQL(", ").join(map(sql.Identifier, columns)),
+            match=match)
+        self.conn.execute(query, [list(col) for col in zip(*keys)])
+
+    def _stage(self, mapping: Mapping) -> sql.Composable:
+        name = sql.Identifier(f"pyglue_stage_{mapping.name}")
+        if mapping.name not in self._staged:
+            self.conn.execute(sql.SQL("create temp table if not exists {} (like {}) on commit delete rows").format(
+                name, self._table(mapping)))
+            self._staged.add(mapping.name)
+        return name
+
+    def _upsert(self, mapping: Mapping, columns: list[str], rows: list[tuple]) -> None:
+        stage = self._stage(mapping)
+        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        with self.conn.cursor().copy(sql.SQL("copy {} ({}) from stdin").format(stage, names)) as copy:
+            for row in rows:
+                copy.write_row(row)
+        values = [c for c in columns if c not in mapping.key_columns]
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c)) for c in values)
+        changed = sql.SQL("({}) is distinct from ({})").format(
+            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in values),
+            sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in values))
+        keys = sql.SQL(", ").join(map(sql.Identifier, mapping.key_columns))
+        conflict = (sql.SQL("do update set {} where {}").format(assignments, changed) if values
+                    else sql.SQL("do nothing"))
+        self.conn.execute(sql.SQL("insert into {table} as t ({names}) select {names} from {stage}"
+                                  " on conflict ({keys}) {conflict}").format(
+            table=self._table(mapping), names=names, stage=stage, keys=keys, conflict=conflict))
+
+    def _render_target(self, template: str) -> str:
+        env = render.environment(paths.TEMPLATES / "target")
+        return env.get_template(template).render(schema=self.schema)

@@ -1,0 +1,56 @@
+"""Sync targets from Python: add, list, remove, enable; connection strings never shown whole."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+
+from pyglue import dsn as dsns
+from pyglue.errors import PyglueError
+
+
+def add(conn: psycopg.Connection, tenancy_id: uuid.UUID, name: str, connection_string: str) -> int:
+    dsns.parse(connection_string)  # a malformed DSN is refused before it is stored
+    try:
+        with conn.transaction():
+            return conn.execute("select pyglue.add_sync_target(%s, %s, %s) as id",
+                                (tenancy_id, name, connection_string)).fetchone()["id"]
+    except (psycopg.errors.UniqueViolation, psycopg.errors.InvalidParameterValue) as exc:
+        raise PyglueError(exc.diag.message_primary) from None
+
+
+def listing(conn: psycopg.Connection, tenancy_id: uuid.UUID | None = None) -> list[dict]:
+    """Targets with a password-free description of where they point."""
+    with conn.transaction():
+        rows = conn.execute(
+            "select tenancy_id, name, connection_string, enabled, last_success_at, last_error, retry_after"
+            " from pyglue.sync_targets where %(t)s::uuid is null or tenancy_id = %(t)s order by tenancy_id, name",
+            {"t": tenancy_id}).fetchall()
+    for row in rows:
+        secret = row.pop("connection_string")
+        try:
+            row["where"] = dsns.describe(secret)
+        except PyglueError:
+            row["where"] = "(unparseable connection string)"
+    return rows
+
+
+def remove(conn: psycopg.Connection, tenancy_id: uuid.UUID, name: str) -> None:
+    with conn.transaction():
+        found = conn.execute("select pyglue.remove_sync_target(%s, %s) as ok", (tenancy_id, name)).fetchone()["ok"]
+    if not found:
+        raise PyglueError(f"no sync target {name!r} for tenancy {tenancy_id}")
+
+
+def set_enabled(conn: psycopg.Connection, tenancy_id: uuid.UUID, name: str, enabled: bool) -> None:
+    with conn.transaction():
+        found = conn.execute("select pyglue.set_sync_target_enabled(%s, %s, %s) as ok",
+                             (tenancy_id, name, enabled)).fetchone()["ok"]
+    if not found:
+        raise PyglueError(f"no sync target {name!r} for tenancy {tenancy_id}")
+
+
+def status(conn: psycopg.Connection, tenancy_id: uuid.UUID | None = None) -> list[dict]:
+    with conn.transaction():
+        return conn.execute("select * from pyglue.sync_status(%s)", (tenancy_id,)).fetchall()

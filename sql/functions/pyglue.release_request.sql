@@ -1,0 +1,32 @@
+-- pyglue.release_request(p_id, p_worker): hand a claimed request back unfinished (a worker
+-- shutting down). It becomes pending at once and the claim does not count as an attempt;
+-- if the tenancy has a pending request already, the two merge. Returns false when the
+-- request is not claimed by p_worker.
+create or replace function pyglue.release_request(p_id bigint, p_worker text)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_tenancy uuid;
+begin
+    select r.tenancy_id into v_tenancy from pyglue.outgoing_requests r
+    where r.id = p_id and r.status = 'claimed' and r.claimed_by = p_worker
+    for update;
+    if not found then
+        return false;
+    end if;
+    begin
+        update pyglue.outgoing_requests
+        set status = 'pending', run_after = now(), attempts = greatest(attempts - 1, 0),
+            claimed_by = null, claimed_at = null, lease_expires_at = null
+        where id = p_id;
+    exception when unique_violation then
+        delete from pyglue.outgoing_requests where id = p_id;
+    end;
+    return true;
+end;
+$$;
+
+comment on function pyglue.release_request(bigint, text) is
+    'Give a claimed sync request back, unfinished and without counting the attempt.';
