@@ -134,3 +134,31 @@ def status_cmd(obj, tenant: uuid.UUID | None, as_json: bool) -> None:
         if r["last_error"]:
             line += f"  last error: {r['last_error']}"
         click.echo(line)
+
+
+@click.command("worker")
+@MAPPINGS_DIR
+@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=2, show_default=True,
+              help="Tenancies synced at once by this process.")
+@click.option("--lease", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds a claim lasts without renewal (renewed every page); a killed worker's claims return after it.")
+@click.option("--sequencer-interval", type=click.FloatRange(min=0.01), default=0.1, show_default=True,
+              help="Seconds between sequencer passes when idle.")
+@click.option("--page-size", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Rows per page; each page is one target transaction.")
+@click.option("--until-idle", is_flag=True, help="Exit when the queue is empty and nothing is flagged.")
+@click.pass_obj
+def worker_cmd(obj, mappings_dirs: tuple[Path, ...], concurrency: int, lease: float, sequencer_interval: float,
+               page_size: int, until_idle: bool) -> None:
+    """Sequence changes and sync every tenancy's targets until stopped (SIGTERM finishes the page)."""
+    import signal
+
+    from pyglue.sync.worker import Worker, WorkerOptions
+
+    worker = Worker(obj.dsn, mappings.load_all(list(mappings_dirs)),
+                    WorkerOptions(concurrency=concurrency, lease_s=lease, sequencer_interval_s=sequencer_interval,
+                                  page_size=page_size),
+                    log=lambda line: click.echo(line, err=True))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop.set())
+    worker.run(until_idle=until_idle)

@@ -1,0 +1,122 @@
+"""`pyglue worker`: sequencer passes, claims from the request queue, syncs, forever.
+
+One control connection LISTENs for pyglue_requests, runs sequencer passes (timed: a pass
+that finds nothing costs a few index probes) and claims requests; a thread pool of
+`concurrency` threads syncs the claimed tenancies, each with its own connections. Every
+switch of the fusebox is read on every turn. On stop (SIGTERM/SIGINT) running syncs
+finish their current page and hand their requests back; a worker killed outright loses
+nothing either: its leases expire and another worker takes the requests.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import psycopg
+
+from pyglue import capture, db
+from pyglue.sync import engine
+from pyglue.sync.mappings import Mapping
+
+
+@dataclass
+class WorkerOptions:
+    concurrency: int = 2
+    lease_s: float = 60.0
+    sequencer_interval_s: float = 0.1
+    sequencer_batch: int = 10000
+    page_size: int = 5000
+    max_attempts: int = 8
+
+
+class Worker:
+    def __init__(self, dsn: str, mappings: list[Mapping], options: WorkerOptions | None = None,
+                 log: Callable[[str], None] = lambda _line: None):
+        self.dsn, self.mappings, self.options, self.log = dsn, mappings, options or WorkerOptions(), log
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stop = threading.Event()
+        self._local = threading.local()
+
+    def run(self, until_idle: bool = False) -> None:
+        """Work until stop is set (or, with until_idle, until nothing is left to do)."""
+        opts = self.options
+        in_flight: dict[Future, dict] = {}
+        with db.connect(self.dsn, autocommit=True, application_name="pyglue worker") as control, \
+                ThreadPoolExecutor(opts.concurrency, thread_name_prefix="pyglue-sync") as pool:
+            control.execute("listen pyglue_requests")
+            self.log(f"worker {self.id} started (concurrency {opts.concurrency})")
+            while not self.stop.is_set():
+                fuse = capture.fusebox(control)
+                busy = False
+                if fuse["sequencer_enabled"]:
+                    busy |= capture.sequence_pass(control, opts.sequencer_batch) > 0
+                for done in [f for f in in_flight if f.done()]:
+                    in_flight.pop(done)
+                    done.result()
+                free = opts.concurrency - len(in_flight)
+                if fuse["poller_enabled"] and fuse["sync_enabled"] and free > 0:
+                    for request in self._claim(control, free):
+                        in_flight[pool.submit(self._handle, request)] = request
+                        busy = True
+                if until_idle and not busy and not in_flight:
+                    break
+                if not busy:
+                    for _ in control.notifies(timeout=opts.sequencer_interval_s, stop_after=1):
+                        pass
+            self.log(f"worker {self.id} stopping: finishing {len(in_flight)} sync(s)")
+        self.log(f"worker {self.id} stopped")
+
+    def _claim(self, control: psycopg.Connection, limit: int) -> list[dict]:
+        return control.execute("select id, tenancy_id from pyglue.claim_requests(%s, %s, make_interval(secs => %s))",
+                               (self.id, limit, self.options.lease_s)).fetchall()
+
+    def _source(self) -> psycopg.Connection:
+        conn = getattr(self._local, "source", None)
+        if conn is None or conn.closed:
+            conn = self._local.source = engine.source_connection(self.dsn)
+        return conn
+
+    def _handle(self, request: dict) -> None:
+        """Sync one claimed tenancy and settle its request: complete, release or fail."""
+        request_id, tenancy = request["id"], request["tenancy_id"]
+        try:
+            source = self._source()
+            options = engine.Options(page_size=self.options.page_size, stop=self.stop,
+                                     on_page=lambda: self._renew(source, request_id))
+            result = engine.sync_tenancy(source, tenancy, self.mappings, options)
+            with source.transaction():
+                if result.stopped or result.sync_disabled:
+                    source.execute("select pyglue.release_request(%s, %s)", (request_id, self.id))
+                    return
+                source.execute("select pyglue.complete_request(%s, %s)", (request_id, self.id))
+                if result.failed or any(t.skipped for t in result.targets):
+                    # retry the failing targets when their backoff ends; the others are done
+                    source.execute(
+                        "select pyglue.enqueue_sync(%s, greatest(min(retry_after) - now(), '0')) from pyglue.sync_targets"
+                        " where tenancy_id = %s and enabled and retry_after is not null", (tenancy, tenancy))
+            for t in result.targets:
+                if t.rows or t.error:
+                    self.log(f"tenancy {tenancy} target {t.name}: {t.rows} row(s)"
+                             + (f", error: {t.error}" if t.error else ""))
+        except Exception as exc:  # the source itself failed: back off through the queue
+            message = " ".join(str(exc).split())[:500]
+            self.log(f"tenancy {tenancy}: sync failed: {message}")
+            self._fail(request_id, message)
+
+    def _renew(self, source: psycopg.Connection, request_id: int) -> None:
+        with source.transaction():
+            source.execute("select pyglue.extend_lease(%s, %s, make_interval(secs => %s))",
+                           (request_id, self.id, self.options.lease_s))
+
+    def _fail(self, request_id: int, message: str) -> None:
+        try:
+            with db.connect(self.dsn, autocommit=True) as conn:
+                conn.execute("select pyglue.fail_request(%s, %s, %s)", (request_id, message, self.options.max_attempts))
+        except Exception as exc:  # the lease will expire and the request come back
+            self.log(f"could not record the failure of request {request_id}: {exc}")

@@ -1,0 +1,58 @@
+"""Helpers for sync tests: a source database, targets, running a sync, reading a target."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pyglue.sync import engine, mappings, targets
+from tests import factories as f
+
+
+@dataclass
+class World:
+    """A migrated source database with one tenancy, and helpers to add targets and sync."""
+
+    dsn: str
+    conn: psycopg.Connection  # autocommit, dict rows
+    make_database: object
+    tenancy: uuid.UUID = None
+    targets: dict[str, str] = field(default_factory=dict)
+
+    def add_target(self, name: str = "main", tenancy=None, dsn: str | None = None) -> str:
+        dsn = dsn or self.make_database()
+        targets.add(self.conn, tenancy or self.tenancy, name, dsn)
+        self.targets[name] = dsn
+        return dsn
+
+    def sync(self, tenancy=None, page_size: int = 5000, names=None, extra_dirs=None) -> engine.TenancyResult:
+        chosen = mappings.select(mappings.load_all(extra_dirs), names)
+        return engine.sync_until_caught_up(self.dsn, tenancy or self.tenancy, chosen,
+                                           engine.Options(page_size=page_size, ignore_backoff=True))
+
+    def rows(self, table: str, target: str = "main", order: str = "1") -> list[dict]:
+        with psycopg.connect(self.targets[target], row_factory=dict_row) as c:
+            return c.execute(f"select * from {table} order by {order}").fetchall()
+
+    def cursors(self, target: str = "main") -> dict[str, int]:
+        with psycopg.connect(self.targets[target]) as c:
+            return dict(c.execute("select mapping_name, last_synced_sequence_id from _pyglue_sync_metadata").fetchall())
+
+
+def make_world(fresh_db, connect, make_database) -> World:
+    conn = connect(fresh_db, autocommit=True)
+    world = World(fresh_db, conn, make_database)
+    world.tenancy = f.tenancy(conn)
+    return world
+
+
+def source_users(conn, tenancy) -> set[tuple]:
+    return {(r["id"], r["display_name"]) for r in conn.execute(
+        "select id, display_name from app.users where tenancy_id = %s", (tenancy,))}
+
+
+def target_users(world: World, target: str = "main") -> set[tuple]:
+    return {(r["id"], r["display_name"]) for r in world.rows("users", target)}

@@ -1,0 +1,231 @@
+"""The sync engine against a real second database: lifecycle, cascades, paging, exactness."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests import factories as f
+from tests.syncing import make_world, source_users, target_users
+
+
+@pytest.fixture
+def world(fresh_db, connect, make_database):
+    w = make_world(fresh_db, connect, make_database)
+    w.add_target()
+    return w
+
+
+def test_insert_update_delete_lifecycle_with_cursor_advancing(world):
+    c, t = world.conn, world.tenancy
+    u = f.user(c, t, "Ada", email="ada@example.com")
+    world.sync()
+    assert [(r["id"], r["display_name"], r["primary_email"]) for r in world.rows("users")] == \
+        [(u, "Ada", "ada@example.com")]
+    first = world.cursors()["users"]
+    assert first > 0
+
+    c.execute("update app.users set display_name = 'Ada L.' where id = %s", (u,))
+    world.sync()
+    assert [r["display_name"] for r in world.rows("users")] == ["Ada L."]
+    second = world.cursors()["users"]
+    assert second > first
+
+    c.execute("delete from app.users where id = %s", (u,))
+    world.sync()
+    assert world.rows("users") == []
+    assert world.rows("contact_channels") == []
+    assert world.cursors()["users"] > second
+
+
+def test_tables_are_created_on_first_sync_with_timestamptz(world):
+    world.sync()
+    with psycopg.connect(world.targets["main"]) as c:
+        tables = {r[0] for r in c.execute("select tablename from pg_tables where schemaname = 'public'")}
+        types = dict(c.execute("select column_name, data_type from information_schema.columns"
+                               " where table_name = 'users'").fetchall())
+    assert tables == {"_pyglue_sync_metadata", "users", "contact_channels", "teams", "team_member_profiles"}
+    assert types["signed_up_at"] == "timestamp with time zone"
+    assert types["client_metadata"] == "jsonb"
+
+
+def test_target_ddl_runs_only_on_the_first_sync(world):
+    f.user(world.conn, world.tenancy)
+    world.sync()
+    with psycopg.connect(world.targets["main"], autocommit=True) as c:
+        c.execute("create table public.ddl_log (tag text)")
+        c.execute("create function public.log_ddl() returns event_trigger language plpgsql as $$"
+                  " begin insert into public.ddl_log select command_tag || ' ' || object_identity"
+                  " from pg_event_trigger_ddl_commands() where schema_name = 'public'; end $$")
+        c.execute("create event trigger log_ddl on ddl_command_end execute function public.log_ddl()")
+    f.user(world.conn, world.tenancy)
+    world.sync()
+    with psycopg.connect(world.targets["main"], autocommit=True) as c:
+        logged = [r[0] for r in c.execute("select tag from public.ddl_log")]
+        c.execute("drop event trigger log_ddl")
+    assert logged == []  # (the session's staging tables live in pg_temp)
+    assert len(world.rows("users")) == 2
+
+
+def test_updates_before_a_sync_collapse_to_the_last_state(world):
+    u = f.user(world.conn, world.tenancy, "v0")
+    for i in range(1, 6):
+        world.conn.execute("update app.users set display_name = %s where id = %s", (f"v{i}", u))
+        f.sequence_all(world.conn)
+    world.sync()
+    assert [r["display_name"] for r in world.rows("users")] == ["v5"]
+
+
+def test_delete_before_the_first_sync_leaves_nothing(world):
+    u = f.user(world.conn, world.tenancy, email="gone@example.com")
+    f.sequence_all(world.conn)
+    world.conn.execute("delete from app.users where id = %s", (u,))
+    world.sync()
+    assert world.rows("users") == [] and world.rows("contact_channels") == []
+
+
+def test_delete_then_recreate_with_the_same_email_keeps_only_the_new_row(world):
+    old = f.user(world.conn, world.tenancy, "old", email="same@example.com")
+    world.sync()
+    world.conn.execute("delete from app.users where id = %s", (old,))
+    new = f.user(world.conn, world.tenancy, "new", email="same@example.com")
+    world.sync()
+    assert [(r["id"], r["primary_email"]) for r in world.rows("users")] == [(new, "same@example.com")]
+    assert [r["user_id"] for r in world.rows("contact_channels")] == [new]
+
+
+def test_delete_and_reinsert_of_the_same_key_before_a_sync_ends_present(world):
+    u = f.user(world.conn, world.tenancy, "first")
+    world.sync()
+    world.conn.execute("delete from app.users where id = %s", (u,))
+    f.user(world.conn, world.tenancy, "second", user_id=u)
+    world.sync()
+    assert [(r["id"], r["display_name"]) for r in world.rows("users")] == [(u, "second")]
+
+
+def test_rename_then_delete_ends_with_nothing(world):
+    u = f.user(world.conn, world.tenancy, "before")
+    world.sync()
+    world.conn.execute("update app.users set display_name = 'renamed' where id = %s", (u,))
+    world.conn.execute("delete from app.users where id = %s", (u,))
+    world.sync()
+    assert world.rows("users") == []
+
+
+def test_teams_memberships_and_cascades(world):
+    c, t = world.conn, world.tenancy
+    ada, bob = f.user(c, t, "ada"), f.user(c, t, "bob")
+    core, ops = f.team(c, t, "core"), f.team(c, t, "ops")
+    for team, user in [(core, ada), (core, bob), (ops, ada)]:
+        f.member(c, t, team, user)
+    world.sync()
+    assert {(r["team_id"], r["user_id"]) for r in world.rows("team_member_profiles")} == \
+        {(core, ada), (core, bob), (ops, ada)}
+    c.execute("delete from app.users where id = %s", (ada,))  # cascades to memberships
+    world.sync()
+    assert {(r["team_id"], r["user_id"]) for r in world.rows("team_member_profiles")} == {(core, bob)}
+    c.execute("delete from app.teams where id = %s", (core,))  # cascades to memberships
+    world.sync()
+    assert world.rows("team_member_profiles") == []
+    assert [r["display_name"] for r in world.rows("teams")] == ["ops"]
+
+
+def test_multi_email_user_exports_one_row_with_the_primary_email(world):
+    c, t = world.conn, world.tenancy
+    u = f.user(c, t, "multi")
+    f.contact_channel(c, t, u, "second@example.com")
+    f.contact_channel(c, t, u, "primary@example.com", is_primary=True, is_verified=True)
+    f.contact_channel(c, t, u, "+15550100", type="phone", is_primary=True)
+    world.sync()
+    [row] = world.rows("users")
+    assert (row["primary_email"], row["primary_email_verified"]) == ("primary@example.com", True)
+    assert len(world.rows("contact_channels")) == 3
+
+
+def test_changing_the_primary_email_channel_resyncs_the_user(world):
+    c, t = world.conn, world.tenancy
+    u = f.user(c, t, "u", email="old@example.com")
+    world.sync()
+    c.execute("update app.contact_channels set value = 'new@example.com', is_verified = true where user_id = %s", (u,))
+    world.sync()
+    [row] = world.rows("users")
+    assert (row["primary_email"], row["primary_email_verified"]) == ("new@example.com", True)
+    c.execute("delete from app.contact_channels where user_id = %s", (u,))
+    world.sync()
+    assert world.rows("users")[0]["primary_email"] is None
+
+
+def test_special_characters_and_json_round_trip_exactly(world):
+    c, t = world.conn, world.tenancy
+    name = "Zoë \"O'Brien\" \\ tab\t newline\n 🚀 𝔘𝔫𝔦 \u200b end"
+    meta = '{"big": 12345678901234567890.123456789, "nested": {"emoji": "🎉", "quote": "\\"x\\""}, "list": [1, 2.50]}'
+    u = c.execute("insert into app.users (tenancy_id, display_name, client_metadata, signed_up_at) values"
+                  " (%s, %s, %s::jsonb, '2024-02-29 23:59:59.123456+05:30') returning id", (t, name, meta)
+                  ).fetchone()["id"]
+    world.sync()
+    with psycopg.connect(world.targets["main"]) as target, psycopg.connect(world.dsn) as source:
+        got = target.execute("select display_name, client_metadata::text, signed_up_at from users").fetchone()
+        want = source.execute("select display_name, client_metadata::text, signed_up_at from app.users"
+                              " where id = %s", (u,)).fetchone()
+    assert got == want
+    assert got[0].encode() == name.encode()
+
+
+def test_page_boundaries_1500_users_in_three_batches(world):
+    for batch in range(3):
+        f.users_bulk(world.conn, world.tenancy, 500, prefix=f"b{batch}-")
+    world.sync(page_size=200)
+    assert target_users(world) == source_users(world.conn, world.tenancy)
+    assert len(world.rows("users")) == 1500
+
+
+def test_delete_at_a_page_boundary_leaves_299(world):
+    f.users_bulk(world.conn, world.tenancy, 300)
+    f.sequence_all(world.conn)
+    boundary = world.conn.execute("select id from app.users order by sequence_id offset 99 limit 1").fetchone()["id"]
+    world.sync(page_size=100)
+    world.conn.execute("delete from app.users where id = %s", (boundary,))
+    world.sync(page_size=100)
+    assert len(world.rows("users")) == 299
+    assert boundary not in {r["id"] for r in world.rows("users")}
+
+
+def test_50_inserted_10_deleted_10_reinserted(world):
+    c, t = world.conn, world.tenancy
+    f.users_bulk(c, t, 50)
+    world.sync(page_size=7)
+    c.execute("delete from app.users where id in (select id from app.users order by display_name limit 10)")
+    f.users_bulk(c, t, 10, prefix="again")
+    world.sync(page_size=7)
+    assert target_users(world) == source_users(c, t)
+    assert len(world.rows("users")) == 50
+
+
+def test_a_target_of_another_tenancy_is_refused(world):
+    f.user(world.conn, world.tenancy)
+    world.sync()
+    other = f.tenancy(world.conn, "other")
+    world.add_target("shared", tenancy=other, dsn=world.targets["main"])
+    result = world.sync(tenancy=other)
+    [failed] = result.failed
+    assert f"target already holds data of tenancy {world.tenancy}" in failed.error
+
+
+def test_target_tables_are_readable_but_not_writable_by_other_roles(world, server):
+    f.user(world.conn, world.tenancy)
+    world.sync()
+    role = f"pyglue_test_reader_{abs(hash(world.dsn)) % 10**8}"
+    with psycopg.connect(world.targets["main"], autocommit=True) as c:
+        c.execute(f"create role {role}")
+        try:
+            c.execute(f"grant usage on schema public to {role}")
+            c.execute(f"set role {role}")
+            assert c.execute("select count(*) from users").fetchone()[0] == 1
+            for statement in ("insert into users (id) values (gen_random_uuid())", "delete from users",
+                              "update _pyglue_sync_metadata set last_synced_sequence_id = 0"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    c.execute(statement)
+        finally:
+            c.execute("reset role")
+            c.execute(f"drop owned by {role}")
+            c.execute(f"drop role {role}")
