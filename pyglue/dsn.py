@@ -33,9 +33,13 @@ def resolve(explicit: str | None = None) -> str:
 def parse(dsn: str) -> dict[str, str]:
     """The DSN's parameters; a malformed DSN raises PyglueError without echoing it."""
     try:
-        return conninfo_to_dict(dsn)
+        params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
         raise PyglueError(f"invalid connection string: {scrub(str(exc).splitlines()[0], dsn)}") from None
+    port = str(params.get("port") or "")
+    if port and not all(p.strip().isdigit() for p in port.split(",")):
+        raise PyglueError(f"invalid connection string: port {port!r} is not a number")
+    return params
 
 
 def describe(dsn: str) -> str:

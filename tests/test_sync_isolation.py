@@ -1,0 +1,148 @@
+"""Tenant isolation of mapping queries: row-level security, read-only, statement timeout."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from pyglue.errors import PyglueError
+from pyglue.sync import mappings
+from tests import factories as f
+from tests.syncing import make_world
+
+READER = "pyglue_mapping_reader"
+
+
+def as_reader(conn, tenancy):
+    conn.execute("set transaction read only")
+    conn.execute("select set_config('pyglue.tenancy_id', %s, true)", (str(tenancy) if tenancy else "",))
+    conn.execute(f"set local role {READER}")
+
+
+def test_reader_sees_only_its_tenancy_and_nothing_without_one(conn):
+    t1, t2 = f.tenancy(conn), f.tenancy(conn)
+    for t in (t1, t1, t2):
+        f.user(conn, t)
+    conn.execute("delete from app.users where tenancy_id = %s and ctid = (select min(ctid) from app.users"
+                 " where tenancy_id = %s)", (t1, t1))
+    conn.commit()
+    try:
+        as_reader(conn, t1)
+        assert conn.execute("select count(*) as n from app.users").fetchone()["n"] == 1
+        assert conn.execute("select count(*) as n from pyglue.deleted_rows").fetchone()["n"] == 1
+        conn.rollback()
+        as_reader(conn, None)
+        assert conn.execute("select count(*) as n from app.users").fetchone()["n"] == 0
+        conn.rollback()
+        as_reader(conn, t1)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select * from pyglue.sync_targets")
+        conn.rollback()
+        as_reader(conn, t1)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("insert into app.users (tenancy_id) values (%s)", (t1,))
+    finally:
+        conn.rollback()
+        conn.execute("delete from app.tenancies where id in (%s, %s)", (t1, t2))
+        conn.execute("delete from pyglue.deleted_rows where tenancy_id in (%s, %s)", (t1, t2))
+        conn.commit()
+
+
+def test_other_roles_see_what_they_saw_before(fresh_db, connect):
+    c = connect(fresh_db, autocommit=True)
+    t1, t2 = f.tenancy(c), f.tenancy(c)
+    f.user(c, t1)
+    f.user(c, t2)
+    role = f"pyglue_test_app_{abs(hash(fresh_db)) % 10**8}"
+    c.execute(f"create role {role}")
+    try:
+        c.execute(f"grant usage on schema app to {role}")
+        c.execute(f"grant select, update on app.users to {role}")
+        c.execute(f"set role {role}")
+        assert c.execute("select count(*) as n from app.users").fetchone()["n"] == 2
+        assert c.execute("update app.users set display_name = 'x'").rowcount == 2
+    finally:
+        c.execute("reset role")
+        c.execute(f"drop owned by {role}")
+        c.execute(f"drop role {role}")
+
+
+def test_tracking_a_table_with_its_own_policies_does_not_widen_them(conn):
+    conn.execute("create table public.secrets (tenancy_id uuid, id int, owner text, primary key (tenancy_id, id))")
+    conn.execute("alter table public.secrets enable row level security")
+    conn.execute("create policy mine on public.secrets using (owner = current_user)")
+    conn.execute("select pyglue.track_table('public.secrets')")
+    policies = conn.execute("select policyname, roles::text[] as roles from pg_policies where tablename = 'secrets'"
+                            " order by 1").fetchall()
+    assert [(p["policyname"], p["roles"]) for p in policies] == [
+        ("mine", ["public"]), ("pyglue_tenancy_isolation", [READER]), ("pyglue_visible", [READER])]
+
+
+def write_mapping(folder, name, fetch, spec=None):
+    d = folder / name
+    d.mkdir(parents=True)
+    (d / "mapping.json").write_text(json.dumps(spec or {"source_table": "app.users", "target_table": name,
+                                                        "key_columns": ["id"]}))
+    (d / "fetch.sql.j2").write_text(fetch)
+    (d / "ddl.sql.j2").write_text("create table if not exists {{ schema | ident }}.{{ table | ident }}"
+                                  " (id uuid primary key, display_name text)")
+    return folder
+
+
+ALL_USERS = """select * from (
+  select u.sequence_id, false as is_deleted, u.id, u.display_name from app.users u
+  where u.sequence_id > %(cursor)s and %(tenancy_id)s::uuid is not null
+) s order by sequence_id limit %(limit)s"""
+
+WRITER = """with w as (insert into app.users (tenancy_id, display_name) values (%(tenancy_id)s, 'injected') returning *)
+select sequence_id, false as is_deleted, id, display_name from w where sequence_id > %(cursor)s limit %(limit)s"""
+
+
+def test_a_mapping_without_a_tenancy_filter_gets_only_its_tenancy(fresh_db, connect, make_database, tmp_path):
+    world = make_world(fresh_db, connect, make_database)
+    other = f.tenancy(world.conn, "other")
+    mine = {f.user(world.conn, world.tenancy, f"mine{i}") for i in range(3)}
+    for i in range(4):
+        f.user(world.conn, other, f"theirs{i}")
+    world.add_target()
+    result = world.sync(names=["all_users"], extra_dirs=[write_mapping(tmp_path, "all_users", ALL_USERS)])
+    assert result.failed == []
+    assert {r["id"] for r in world.rows("all_users")} == mine
+
+
+def test_a_mapping_that_writes_fails_and_writes_nothing(fresh_db, connect, make_database, tmp_path):
+    world = make_world(fresh_db, connect, make_database)
+    f.user(world.conn, world.tenancy)
+    world.add_target()
+    result = world.sync(names=["writer"], extra_dirs=[write_mapping(tmp_path, "writer", WRITER)])
+    [failed] = result.failed
+    assert "in a read-only transaction" in failed.error
+    assert world.conn.execute("select count(*) as n from app.users where display_name = 'injected'"
+                              ).fetchone()["n"] == 0
+    status = world.conn.execute("select last_error from pyglue.sync_targets").fetchone()
+    assert "read-only" in status["last_error"]
+
+
+def test_a_slow_mapping_hits_the_statement_timeout(fresh_db, connect, make_database, tmp_path):
+    from pyglue.sync import engine
+
+    world = make_world(fresh_db, connect, make_database)
+    f.user(world.conn, world.tenancy)
+    world.add_target()
+    slow = ALL_USERS.replace("u.display_name from", "u.display_name || pg_sleep(2)::text from")
+    chosen = mappings.load_all([write_mapping(tmp_path, "slow", slow)])
+    chosen = mappings.select(chosen, ["slow"])
+    result = engine.sync_until_caught_up(world.dsn, world.tenancy, chosen,
+                                         engine.Options(statement_timeout_ms=200, ignore_backoff=True))
+    assert "canceling statement due to statement timeout" in result.failed[0].error
+
+
+@pytest.mark.parametrize("fetch, message", [
+    ("select set_config('role', 'postgres', true)", "may not use 'set_config'"),
+    ("select 1", "must use the bound parameter %(tenancy_id)s"),
+])
+def test_mappings_that_could_escape_or_leak_are_refused_on_load(tmp_path, fetch, message):
+    with pytest.raises(PyglueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        mappings.load(write_mapping(tmp_path, "bad", fetch) / "bad")
