@@ -13,9 +13,10 @@ Runs on the embedded server under .pyglue/bench, in a database it drops and recr
    plain (no sequence columns), columns (sequence columns and indexes, no triggers) and
    tracked (pyglue.track_table).
 
-Each measurement starts from the same kind of state: every row rewritten once (flagged
-again), VACUUM ANALYZE, CHECKPOINT; autovacuum is off on the measured tables. Prints a
-table and rewrites the generated block of perf/RESULTS.md (text outside it is kept).
+Both sequencer measurements start from the same kind of state: every row rewritten once
+(flagged again), VACUUM ANALYZE, CHECKPOINT. Each tracking measurement starts after a
+CHECKPOINT (the updates also after VACUUM FULL). Autovacuum is off on the measured tables.
+Prints a table and rewrites the generated block of perf/RESULTS.md (text outside it is kept).
 """
 
 from __future__ import annotations

@@ -1,0 +1,75 @@
+"""The demo: the main job end to end on one server, a tenancy synced into its own database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+
+from pyglue import db, queries
+from pyglue import dsn as dsns
+from pyglue.sync import engine, mappings, targets
+
+PROJECT, TARGET_DB, TARGET_NAME = "demo", "pyglue_demo_target", "demo"
+
+
+def demo_tenancy(conn: psycopg.Connection) -> uuid.UUID:
+    with conn.transaction():
+        conn.execute("insert into app.projects (id, display_name) values (%s, 'Demo') on conflict do nothing", (PROJECT,))
+        conn.execute("insert into app.tenancies (project_id, branch_id) values (%s, 'main') on conflict do nothing",
+                     (PROJECT,))
+        return conn.execute("select id from app.tenancies where project_id = %s and branch_id = 'main'",
+                            (PROJECT,)).fetchone()["id"]
+
+
+def ensure_target(conn: psycopg.Connection, source_dsn: str, tenancy: uuid.UUID) -> str:
+    """A database on the same server for the demo tenancy, registered as its target."""
+    target_dsn = dsns.with_dbname(source_dsn, TARGET_DB)
+    with db.connect(source_dsn, autocommit=True) as admin:
+        if not admin.execute("select 1 from pg_database where datname = %s", (TARGET_DB,)).fetchone():
+            admin.execute(sql.SQL("create database {}").format(sql.Identifier(TARGET_DB)))
+    if not [t for t in targets.listing(conn, tenancy) if t["name"] == TARGET_NAME]:
+        targets.add(conn, tenancy, TARGET_NAME, target_dsn)
+    return target_dsn
+
+
+def seed(conn: psycopg.Connection, tenancy: uuid.UUID, users: int) -> None:
+    with conn.transaction():
+        conn.execute(queries.load("demo_seed"), {"tenancy_id": tenancy, "users": users})
+
+
+def make_changes(conn: psycopg.Connection, tenancy: uuid.UUID) -> dict[str, int]:
+    """Some everyday traffic: renames, a verified email, a deleted user (cascades), a new one."""
+    with conn.transaction():
+        renamed = conn.execute("update app.users set display_name = display_name || ' (renamed)'"
+                               " where tenancy_id = %s and id in (select id from app.users where tenancy_id = %s"
+                               " order by signed_up_at desc limit 25)", (tenancy, tenancy)).rowcount
+        verified = conn.execute("update app.contact_channels set is_verified = true where tenancy_id = %s and id in"
+                                " (select id from app.contact_channels where tenancy_id = %s and not is_verified"
+                                " and type = 'email' limit 10)", (tenancy, tenancy)).rowcount
+        deleted = conn.execute("delete from app.users where tenancy_id = %s and id in (select id from app.users"
+                               " where tenancy_id = %s order by signed_up_at limit 5)", (tenancy, tenancy)).rowcount
+        conn.execute("insert into app.users (tenancy_id, display_name) values (%s, 'Zoë New 🚀')", (tenancy,))
+    return {"renamed": renamed, "verified": verified, "deleted": deleted, "added": 1}
+
+
+def compare(source: psycopg.Connection, tenancy: uuid.UUID, target_dsn: str) -> list[tuple[str, int, int]]:
+    """(table, rows in source, rows in target) for the four default mappings."""
+    pairs = [("app.users", "users"), ("app.contact_channels", "contact_channels"), ("app.teams", "teams"),
+             ("app.team_members", "team_member_profiles")]
+    out = []
+    with db.connect(target_dsn, row_factory=psycopg.rows.tuple_row) as target:
+        for src, dst in pairs:
+            with source.transaction():
+                n_src = source.execute(sql.SQL("select count(*) as n from {} where tenancy_id = %s").format(
+                    sql.SQL(src)), (tenancy,)).fetchone()["n"]
+            n_dst = target.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(dst))).fetchone()[0]
+            out.append((dst, n_src, n_dst))
+    return out
+
+
+def sync(source_dsn: str, tenancy: uuid.UUID, on_rows: Callable[[int], None]) -> engine.TenancyResult:
+    return engine.sync_until_caught_up(source_dsn, tenancy, mappings.load_all(),
+                                       engine.Options(ignore_backoff=True, on_rows=on_rows))
