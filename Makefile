@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/pyglue demo
 
 bench: $(STAMP)
-	$(BIN)/python -m perf.run_all
+	$(BIN)/python -m perf.bench_sequencer
 
 clean:
 	rm -rf $(VENV) .pyglue build *.egg-info

@@ -10,6 +10,7 @@ from pyglue import db, demo as demo_job, embedded, migrate
 from pyglue import dsn as dsns
 from pyglue.errors import PyglueError
 from pyglue.progress import Progress
+from pyglue.sync import targets
 
 
 @click.command()
@@ -36,7 +37,7 @@ def demo(obj, users: int) -> None:
             if step != "initial sync":
                 click.echo("changes: " + ", ".join(f"{k} {v}" for k, v in demo_job.make_changes(conn, tenancy).items()))
             started = time.monotonic()
-            with Progress(0, step) as progress:
+            with Progress(targets.backlog(conn, tenancy), step) as progress:
                 result = demo_job.sync(obj.dsn, tenancy, progress.advance)
             seconds = time.monotonic() - started
             click.echo(f"{step}: {result.rows} row(s) in {seconds:.1f}s ({result.rows / max(seconds, 1e-9):,.0f} rows/s)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pyglue import capture, db
+from pyglue import db
 from pyglue.errors import PyglueError
 from pyglue.progress import Progress
 from pyglue.sync import engine, mappings, targets
@@ -94,8 +94,7 @@ def sync_cmd(obj, tenant: uuid.UUID, mapping_names: tuple[str, ...], mappings_di
     """Sequence and sync one tenancy's targets until caught up; exit 1 if a target failed."""
     chosen = mappings.select(mappings.load_all(list(mappings_dirs)), list(mapping_names))
     with db.connect(obj.dsn) as conn:
-        backlog = sum(r["pending_rows"] for r in targets.status(conn, tenant))
-        backlog += sum(capture.pending_changes(conn).values())
+        backlog = targets.backlog(conn, tenant)
     with Progress(backlog, "syncing", enabled=not as_json) as progress:
         result = engine.sync_until_caught_up(obj.dsn, tenant, chosen,
                                              engine.Options(page_size=page_size, ignore_backoff=True,

@@ -51,6 +51,14 @@ def set_enabled(conn: psycopg.Connection, tenancy_id: uuid.UUID, name: str, enab
         raise PyglueError(f"no sync target {name!r} for tenancy {tenancy_id}")
 
 
+def backlog(conn: psycopg.Connection, tenancy_id: uuid.UUID) -> int:
+    """Rows a sync of the tenancy has ahead of it: pending per target and mapping, plus unsequenced rows."""
+    pending = sum(r["pending_rows"] for r in status(conn, tenancy_id))
+    with conn.transaction():
+        unsequenced = conn.execute("select coalesce(sum(pending), 0) as n from pyglue.pending_changes()").fetchone()["n"]
+    return pending + (0 if pending else unsequenced)
+
+
 def status(conn: psycopg.Connection, tenancy_id: uuid.UUID | None = None) -> list[dict]:
     with conn.transaction():
         return conn.execute("select * from pyglue.sync_status(%s)", (tenancy_id,)).fetchall()
