@@ -5,6 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from pyglue.errors import PyglueError
+
 from tests import factories as f
 from tests.syncing import make_world, source_users, target_users
 
@@ -229,3 +231,42 @@ def test_target_tables_are_readable_but_not_writable_by_other_roles(world, serve
             c.execute("reset role")
             c.execute(f"drop owned by {role}")
             c.execute(f"drop role {role}")
+
+
+def test_runs_for_one_tenancy_and_target_are_serialized(world):
+    from pyglue.sync import engine, mappings
+
+    f.user(world.conn, world.tenancy)
+    with psycopg.connect(world.targets["main"], autocommit=True) as holder:
+        holder.execute("select pg_advisory_lock(hashtextextended('pyglue.sync:' || %s, 0))", (str(world.tenancy),))
+        busy = engine.sync_until_caught_up(world.dsn, world.tenancy, mappings.load_all(),
+                                           engine.Options(lock_timeout_s=0.3, ignore_backoff=True))
+        assert "another sync of tenancy" in busy.failed[0].error
+        assert not _has_users_table(world)  # nothing happened under the other run's lock
+    assert world.sync().failed == []
+    assert len(world.rows("users")) == 1
+
+
+def _has_users_table(world) -> bool:
+    with psycopg.connect(world.targets["main"]) as c:
+        return c.execute("select to_regclass('public.users') is not null").fetchone()[0]
+
+
+def test_a_page_whose_cursor_moved_is_not_applied(world):
+    from pyglue.sync import engine, mappings
+    from pyglue.sync.target import TargetTables
+
+    f.users_bulk(world.conn, world.tenancy, 3)
+    world.sync()
+    users = mappings.select(mappings.load_all(), ["users"])[0]
+    f.user(world.conn, world.tenancy, "late")
+    f.sequence_all(world.conn)
+    with engine.source_connection(world.dsn) as source, \
+            psycopg.connect(world.targets["main"], autocommit=True) as target:
+        tables = TargetTables(target, world.tenancy)
+        cursor = tables.cursor(users)
+        page = engine.fetch_page(source, world.tenancy, users, cursor, engine.Options())
+        with pytest.raises(PyglueError, match="moved from .* page not applied"):
+            tables.apply(users, page, cursor - 1)  # as if another run had advanced it meanwhile
+        assert tables.cursor(users) == cursor
+    assert len(world.rows("users")) == 3

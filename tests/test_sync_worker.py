@@ -176,3 +176,22 @@ def test_sigterm_finishes_the_page_and_releases_the_claim(world):
     assert target_users(world) == source_users(world.conn, world.tenancy)
 
 
+
+
+def test_worker_honours_the_sequencer_and_poller_switches(world):
+    f.users_bulk(world.conn, world.tenancy, 5)
+    world.conn.execute("select pyglue.set_fusebox(p_sequencer => false)")
+    run_worker_until_idle(world.dsn)
+    flagged = world.conn.execute("select count(*) as n from app.users where should_update_sequence_id").fetchone()
+    assert flagged["n"] == 5 and target_cursor(world) == 0
+
+    world.conn.execute("select pyglue.set_fusebox(p_sequencer => true, p_poller => false)")
+    run_worker_until_idle(world.dsn)
+    assert world.conn.execute("select count(*) as n from app.users where should_update_sequence_id"
+                              ).fetchone()["n"] == 0
+    assert target_cursor(world) == 0  # sequenced and queued, but nothing claimed
+    assert [r["status"] for r in world.conn.execute("select status from pyglue.outgoing_requests")] == ["pending"]
+
+    world.conn.execute("select pyglue.set_fusebox(p_poller => true)")
+    run_worker_until_idle(world.dsn)
+    assert len(target_users(world)) == 5

@@ -84,7 +84,7 @@ def register_mappings(source: psycopg.Connection, mappings: list[Mapping]) -> No
             source.execute("select pyglue.register_mapping(%s, %s::regclass)", (m.name, m.source_table))
 
 
-def due_targets(source: psycopg.Connection, tenancy_id: uuid.UUID, ignore_backoff: bool) -> list[dict]:
+def enabled_targets(source: psycopg.Connection, tenancy_id: uuid.UUID) -> list[dict]:
     with source.transaction():
         return source.execute(
             "select id, name, connection_string, retry_after > now() as backing_off from pyglue.sync_targets"
@@ -97,7 +97,7 @@ def sync_tenancy(source: psycopg.Connection, tenancy_id: uuid.UUID, mappings: li
     options = options or Options()
     result = TenancyResult(tenancy_id)
     register_mappings(source, mappings)
-    for target in due_targets(source, tenancy_id, options.ignore_backoff):
+    for target in enabled_targets(source, tenancy_id):
         outcome = TargetResult(target["name"])
         result.targets.append(outcome)
         if target["backing_off"] and not options.ignore_backoff:
