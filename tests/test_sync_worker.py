@@ -195,3 +195,16 @@ def test_worker_honours_the_sequencer_and_poller_switches(world):
     world.conn.execute("select pyglue.set_fusebox(p_poller => true)")
     run_worker_until_idle(world.dsn)
     assert len(target_users(world)) == 5
+
+
+def test_worker_waits_for_an_unreachable_database_and_stops_cleanly():
+    lines = []
+    worker = Worker("postgresql://u:secret-pw@127.0.0.1:1/db", [], WorkerOptions(), log=lines.append)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    wait_for(lambda: lines, timeout=10, what="a retry line")
+    worker.stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert "database unavailable" in lines[0] and "retrying in 1s" in lines[0]
+    assert "secret-pw" not in " ".join(lines)

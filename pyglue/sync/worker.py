@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import psycopg
 
 from pyglue import capture, db
+from pyglue.errors import PyglueError
 from pyglue.sync import engine
 from pyglue.sync.mappings import Mapping
 
@@ -42,9 +43,32 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stop = threading.Event()
         self._local = threading.local()
+        self._sources: list[psycopg.Connection] = []
 
     def run(self, until_idle: bool = False) -> None:
-        """Work until stop is set (or, with until_idle, until nothing is left to do)."""
+        """Work until stop is set (or, with until_idle, until nothing is left to do).
+
+        A lost database connection is retried with backoff (up to 30 s between tries);
+        with until_idle it is an error instead.
+        """
+        delay = 1.0
+        try:
+            while not self.stop.is_set():
+                try:
+                    self._run_connected(until_idle)
+                    return
+                except (psycopg.OperationalError, PyglueError) as exc:
+                    if until_idle:
+                        raise
+                    self.log(f"worker {self.id}: database unavailable ({' '.join(str(exc).split())[:200]});"
+                             f" retrying in {delay:.0f}s")
+                    self.stop.wait(delay)
+                    delay = min(delay * 2, 30.0)
+        finally:
+            for conn in self._sources:
+                conn.close()
+
+    def _run_connected(self, until_idle: bool) -> None:
         opts = self.options
         in_flight: dict[Future, dict] = {}
         with db.connect(self.dsn, autocommit=True, application_name="pyglue worker") as control, \
@@ -80,6 +104,7 @@ class Worker:
         conn = getattr(self._local, "source", None)
         if conn is None or conn.closed:
             conn = self._local.source = engine.source_connection(self.dsn)
+            self._sources.append(conn)
         return conn
 
     def _handle(self, request: dict) -> None:
