@@ -1,19 +1,27 @@
 -- A user's synced row carries its primary email and whether it is verified, so a change
 -- to a primary email channel (added, edited, removed, or made/unmade primary) flags the
--- user for the sequencer too. Statement-level with transition tables: one UPDATE per
--- statement, however many channels it touched. Users already flagged are left alone.
+-- user for the sequencer too. Users already flagged are left alone.
+--
+-- Inserts and deletes: statement-level with transition tables, one UPDATE per statement.
+-- Updates: row-level with a WHEN clause comparing the columns the user row shows, so the
+-- sequencer's own stamping of channels (which changes none of them) never calls the
+-- function, never builds transition tables and never re-flags the users.
 create or replace function app.tg_contact_channels__resync_user()
 returns trigger
 language plpgsql
 as $$
 begin
-    if tg_op in ('INSERT', 'UPDATE') then
+    if tg_level = 'ROW' then
+        update app.users u set should_update_sequence_id = true
+        where u.tenancy_id = new.tenancy_id and u.id in (old.user_id, new.user_id) and not u.should_update_sequence_id;
+        return null;
+    end if;
+    if tg_op = 'INSERT' then
         update app.users u set should_update_sequence_id = true
         from (select distinct n.tenancy_id, n.user_id from pyglue_new_channels n
               where n.type = 'email' and n.is_primary) c
         where u.tenancy_id = c.tenancy_id and u.id = c.user_id and not u.should_update_sequence_id;
-    end if;
-    if tg_op in ('DELETE', 'UPDATE') then
+    else
         update app.users u set should_update_sequence_id = true
         from (select distinct o.tenancy_id, o.user_id from pyglue_old_channels o
               where o.type = 'email' and o.is_primary) c
@@ -29,9 +37,14 @@ comment on function app.tg_contact_channels__resync_user() is
 create or replace trigger _500_resync_user_insert
     after insert on app.contact_channels referencing new table as pyglue_new_channels
     for each statement execute function app.tg_contact_channels__resync_user();
-create or replace trigger _500_resync_user_update
-    after update on app.contact_channels referencing old table as pyglue_old_channels new table as pyglue_new_channels
-    for each statement execute function app.tg_contact_channels__resync_user();
+drop trigger if exists _500_resync_user_update on app.contact_channels;
+create trigger _500_resync_user_update
+    after update on app.contact_channels
+    for each row
+    when (((old.type = 'email' and old.is_primary) or (new.type = 'email' and new.is_primary))
+          and (old.value, old.is_verified, old.is_primary, old.type, old.user_id)
+              is distinct from (new.value, new.is_verified, new.is_primary, new.type, new.user_id))
+    execute function app.tg_contact_channels__resync_user();
 create or replace trigger _500_resync_user_delete
     after delete on app.contact_channels referencing old table as pyglue_old_channels
     for each statement execute function app.tg_contact_channels__resync_user();
