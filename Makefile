@@ -25,6 +25,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m perf.bench_sequencer
+	$(BIN)/python -m perf.bench_sync
 
 clean:
 	rm -rf $(VENV) .pyglue build *.egg-info

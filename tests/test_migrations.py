@@ -15,6 +15,7 @@ import pytest
 
 from pyglue import dsn as dsns
 from pyglue import migrate, paths
+from pyglue.errors import PyglueError
 from tests import catalog
 
 ALL = sorted(p.stem for p in paths.MIGRATIONS.glob("*.sql") if not p.name.endswith(".rollback.sql"))
@@ -137,8 +138,6 @@ def test_stale_yoyo_lock_row_is_reported_and_can_be_broken(make_database):
     migrate.migrate(target)
     with psycopg.connect(target) as c:
         c.execute("insert into yoyo_lock (locked, ctime, pid) values (1, now(), 424242)")
-    from pyglue.errors import PyglueError
-
     with pytest.raises(PyglueError, match="held by process 424242.*--break-lock"):
         migrate.migrate(target, lock_timeout=0.5)
     assert migrate.migrate(target, break_lock=True) == []
@@ -171,10 +170,21 @@ def test_failing_migration_names_itself_and_leaves_nothing(make_database, tmp_pa
         f"-- broken: on purpose\n-- depends: {ALL[-1]}\n"
         "create table public.half_written (id int);\nselect * from no_such_table;\n"
     )
-    from pyglue.errors import PyglueError
-
     with pytest.raises(PyglueError, match=rf"migration {len(ALL) + 1:04d}_broken failed: .*no_such_table"):
         migrate.migrate(target, folder)
     with psycopg.connect(target) as c:
         assert c.execute("select to_regclass('public.half_written')").fetchone()[0] is None
     assert [s.applied for s in migrate.status(target, folder)] == [True] * len(ALL) + [False]
+
+
+def test_new_migration_copies_routines_and_chains_depends(tmp_path):
+    (tmp_path / "0001_first.sql").write_text("-- first\n-- depends:\n")
+    routine = paths.FUNCTIONS / "pyglue.set_fusebox.sql"
+    path = migrate.new_migration("ship_fusebox", [routine], tmp_path)
+    assert path.name == "0002_ship_fusebox.sql"
+    text = path.read_text()
+    assert "-- depends: 0001_first\n" in text
+    assert "-- copied from sql/functions/pyglue.set_fusebox.sql\n" + routine.read_text() in text
+    assert migrate.check_names(tmp_path) == []
+    with pytest.raises(PyglueError, match="invalid migration slug 'Bad-Slug'"):
+        migrate.new_migration("Bad-Slug", [], tmp_path)

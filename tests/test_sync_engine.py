@@ -6,6 +6,8 @@ import psycopg
 import pytest
 
 from pyglue.errors import PyglueError
+from pyglue.sync import engine, mappings
+from pyglue.sync.target import TargetTables
 
 from tests import factories as f
 from tests.syncing import make_world, source_users, target_users
@@ -234,7 +236,6 @@ def test_target_tables_are_readable_but_not_writable_by_other_roles(world, serve
 
 
 def test_runs_for_one_tenancy_and_target_are_serialized(world):
-    from pyglue.sync import engine, mappings
 
     f.user(world.conn, world.tenancy)
     with psycopg.connect(world.targets["main"], autocommit=True) as holder:
@@ -253,9 +254,6 @@ def _has_users_table(world) -> bool:
 
 
 def test_a_page_whose_cursor_moved_is_not_applied(world):
-    from pyglue.sync import engine, mappings
-    from pyglue.sync.target import TargetTables
-
     f.users_bulk(world.conn, world.tenancy, 3)
     world.sync()
     users = mappings.select(mappings.load_all(), ["users"])[0]

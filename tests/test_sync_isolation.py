@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from pyglue.errors import PyglueError
-from pyglue.sync import mappings
+from pyglue.sync import engine, mappings
 from tests import factories as f
 from tests.syncing import make_world
 
@@ -126,7 +126,6 @@ def test_a_mapping_that_writes_fails_and_writes_nothing(fresh_db, connect, make_
 
 
 def test_a_slow_mapping_hits_the_statement_timeout(fresh_db, connect, make_database, tmp_path):
-    from pyglue.sync import engine
 
     world = make_world(fresh_db, connect, make_database)
     f.user(world.conn, world.tenancy)

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from pyglue import paths
-from pyglue.sync import mappings
+from pyglue.sync import mappings, targets
 from pyglue.sync.worker import Worker, WorkerOptions
 from tests import factories as f
 from tests.syncing import make_world, source_users, target_users
@@ -103,7 +103,6 @@ def test_fusebox_sync_off_applies_nothing_then_catches_up(world):
 
 
 def test_worker_retries_a_failing_target_through_the_queue(world):
-    from pyglue.sync import targets
 
     f.users_bulk(world.conn, world.tenancy, 10)
     targets.add(world.conn, world.tenancy, "down", "postgresql://x:y@127.0.0.1:1/down")

@@ -23,7 +23,10 @@ def demo(obj, users: int) -> None:
         server = embedded.start()
         click.echo(f"embedded Postgres running (pid {server.pid}) in {server.data_dir}")
     applied = migrate.migrate(obj.dsn, report=click.echo)
-    click.echo(f"{len(applied)} migration(s) applied; {len(migrate.status(obj.dsn))} in total")
+    states = migrate.status(obj.dsn)
+    done = [s.id for s in states if s.applied]
+    click.echo(f"migrations: {len(applied)} applied now; {len(done)} of {len(states)} applied"
+               f" ({done[0]} … {done[-1]})")
 
     with db.connect(obj.dsn) as conn:
         tenancy = demo_job.demo_tenancy(conn)

@@ -32,6 +32,7 @@ class Options:
     page_size: int = 5000
     statement_timeout_ms: int = 30000
     lock_timeout_s: float = 60.0
+    sequencer_batch: int = 50000  # rows per table per sequencer pass (large backlogs: fewer, bigger passes)
     ignore_backoff: bool = False  # `pyglue sync --tenant` tries every enabled target now
     stop: threading.Event = field(default_factory=threading.Event)  # finish the page, then return
     on_rows: Callable[[int], None] = lambda _n: None
@@ -208,7 +209,7 @@ def sync_until_caught_up(dsn: str, tenancy_id: uuid.UUID, mappings: list[Mapping
     with source_connection(dsn) as source:
         by_name: dict[str, TargetResult] = {}
         while True:
-            capture.sequence_until_idle(source)
+            capture.sequence_until_idle(source, options.sequencer_batch)
             round_ = sync_tenancy(source, tenancy_id, mappings, options)
             for t in round_.targets:
                 seen = by_name.setdefault(t.name, TargetResult(t.name))

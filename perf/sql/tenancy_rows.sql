@@ -1,0 +1,1 @@
+select count(*) as n from {table} where tenancy_id = %(tenancy_id)s
