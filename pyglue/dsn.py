@@ -74,7 +74,7 @@ def _passwords_in(dsn: str) -> list[str]:
         password = None
     if password:
         found.append(password)
-    return [s for s in found if len(s) >= 1]
+    return [secret for secret in found if secret]
 
 
 def to_yoyo_url(dsn: str) -> str:

@@ -74,7 +74,7 @@ class TargetTables:
             cursor = self._cursor(mapping, lock=False)
             if cursor is not None:
                 return cursor
-            table = sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(mapping.target_table))
+            table = self._table(mapping)
             present = self.conn.execute("select to_regclass(%s) is not null", (table.as_string(self.conn),)).fetchone()[0]
             if present and self.conn.execute(sql.SQL("select exists (select 1 from {})").format(table)).fetchone()[0]:
                 raise PyglueError(f"target table {mapping.target_table} already holds rows pyglue did not write; "
@@ -125,8 +125,7 @@ class TargetTables:
             rows = self.conn.execute(
                 "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a"
                 " where a.attrelid = %s::regclass and a.attnum > 0 and not a.attisdropped",
-                (sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(mapping.target_table))
-                 .as_string(self.conn),)).fetchall()
+                (self._table(mapping).as_string(self.conn),)).fetchall()
             self._column_types[mapping.name] = dict(rows)
         return self._column_types[mapping.name]
 
