@@ -11,8 +11,6 @@ MIGRATIONS = SQL / "migrations"
 FUNCTIONS = SQL / "functions"
 TRIGGERS = SQL / "triggers"
 TEMPLATES = ROOT / "templates"
-PERF = ROOT / "perf"
-QUERIES = Path(__file__).resolve().parent / "queries"
 
 
 def home() -> Path:
