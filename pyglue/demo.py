@@ -17,11 +17,7 @@ PROJECT, TARGET_DB, TARGET_NAME = "demo", "pyglue_demo_target", "demo"
 
 def demo_tenancy(conn: psycopg.Connection) -> uuid.UUID:
     with conn.transaction():
-        conn.execute("insert into app.projects (id, display_name) values (%s, 'Demo') on conflict do nothing", (PROJECT,))
-        conn.execute("insert into app.tenancies (project_id, branch_id) values (%s, 'main') on conflict do nothing",
-                     (PROJECT,))
-        return conn.execute("select id from app.tenancies where project_id = %s and branch_id = 'main'",
-                            (PROJECT,)).fetchone()["id"]
+        return conn.execute(queries.load("demo_tenancy"), {"project": PROJECT}).fetchone()["id"]
 
 
 def ensure_target(conn: psycopg.Connection, source_dsn: str, tenancy: uuid.UUID) -> str:
@@ -42,16 +38,12 @@ def seed(conn: psycopg.Connection, tenancy: uuid.UUID, users: int) -> None:
 
 def make_changes(conn: psycopg.Connection, tenancy: uuid.UUID) -> dict[str, int]:
     """Some everyday traffic: renames, a verified email, a deleted user (cascades), a new one."""
+    params = {"tenancy_id": tenancy}
     with conn.transaction():
-        renamed = conn.execute("update app.users set display_name = display_name || ' (renamed)'"
-                               " where tenancy_id = %s and id in (select id from app.users where tenancy_id = %s"
-                               " order by signed_up_at desc limit 25)", (tenancy, tenancy)).rowcount
-        verified = conn.execute("update app.contact_channels set is_verified = true where tenancy_id = %s and id in"
-                                " (select id from app.contact_channels where tenancy_id = %s and not is_verified"
-                                " and type = 'email' limit 10)", (tenancy, tenancy)).rowcount
-        deleted = conn.execute("delete from app.users where tenancy_id = %s and id in (select id from app.users"
-                               " where tenancy_id = %s order by signed_up_at limit 5)", (tenancy, tenancy)).rowcount
-        conn.execute("insert into app.users (tenancy_id, display_name) values (%s, 'Zoë New 🚀')", (tenancy,))
+        renamed = conn.execute(queries.load("demo_rename_users"), params).rowcount
+        verified = conn.execute(queries.load("demo_verify_emails"), params).rowcount
+        deleted = conn.execute(queries.load("demo_delete_users"), params).rowcount
+        conn.execute(queries.load("demo_add_user"), params)
     return {"renamed": renamed, "verified": verified, "deleted": deleted, "added": 1}
 
 

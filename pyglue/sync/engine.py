@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.string import TextLoader
 
-from pyglue import capture, db
+from pyglue import capture, db, queries
 from pyglue import dsn as dsns
 from pyglue.errors import PyglueError
 from pyglue.sync.mappings import Mapping
@@ -87,9 +87,7 @@ def register_mappings(source: psycopg.Connection, mappings: list[Mapping]) -> No
 
 def enabled_targets(source: psycopg.Connection, tenancy_id: uuid.UUID) -> list[dict]:
     with source.transaction():
-        return source.execute(
-            "select id, name, connection_string, retry_after > now() as backing_off from pyglue.sync_targets"
-            " where tenancy_id = %s and enabled order by name", (tenancy_id,)).fetchall()
+        return source.execute(queries.load("enabled_targets"), {"tenancy_id": tenancy_id}).fetchall()
 
 
 def sync_tenancy(source: psycopg.Connection, tenancy_id: uuid.UUID, mappings: list[Mapping],

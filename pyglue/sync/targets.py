@@ -7,6 +7,7 @@ import uuid
 import psycopg
 
 from pyglue import dsn as dsns
+from pyglue import queries
 from pyglue.errors import PyglueError
 
 
@@ -23,10 +24,7 @@ def add(conn: psycopg.Connection, tenancy_id: uuid.UUID, name: str, connection_s
 def listing(conn: psycopg.Connection, tenancy_id: uuid.UUID | None = None) -> list[dict]:
     """Targets with a password-free description of where they point."""
     with conn.transaction():
-        rows = conn.execute(
-            "select tenancy_id, name, connection_string, enabled, last_success_at, last_error, retry_after"
-            " from pyglue.sync_targets where %(t)s::uuid is null or tenancy_id = %(t)s order by tenancy_id, name",
-            {"t": tenancy_id}).fetchall()
+        rows = conn.execute(queries.load("list_targets"), {"tenancy_id": tenancy_id}).fetchall()
     for row in rows:
         secret = row.pop("connection_string")
         try:

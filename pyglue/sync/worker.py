@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from pyglue import capture, db
+from pyglue import capture, db, queries
 from pyglue.errors import PyglueError
 from pyglue.sync import engine
 from pyglue.sync.mappings import Mapping
@@ -121,10 +121,7 @@ class Worker:
                     return
                 source.execute("select pyglue.complete_request(%s, %s)", (request_id, self.id))
                 if result.failed or any(t.skipped for t in result.targets):
-                    # retry the failing targets when their backoff ends; the others are done
-                    source.execute(
-                        "select pyglue.enqueue_sync(%s, greatest(min(retry_after) - now(), '0')) from pyglue.sync_targets"
-                        " where tenancy_id = %s and enabled and retry_after is not null", (tenancy, tenancy))
+                    source.execute(queries.load("schedule_target_retry"), {"tenancy_id": tenancy})
             for t in result.targets:
                 if t.rows or t.error:
                     self.log(f"tenancy {tenancy} target {t.name}: {t.rows} row(s)"
