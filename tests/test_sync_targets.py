@@ -152,3 +152,11 @@ def test_purge_keeps_tombstones_a_target_still_needs(world):
     assert left == [str(b)]
     world.sync()
     assert world.rows("users") == []
+
+
+def test_a_target_for_an_unknown_tenancy_is_refused(world):
+    import uuid
+
+    stranger = uuid.uuid4()
+    with pytest.raises(PyglueError, match=f"no tenancy {stranger}"):
+        targets.add(world.conn, stranger, "x", "dbname=x")

@@ -19,6 +19,10 @@ MAPPINGS_DIR = click.option("--mappings-dir", "mappings_dirs", multiple=True,
                             help="Extra folder of mapping templates (repeatable; also $PYGLUE_MAPPINGS_PATH).")
 
 
+STATEMENT_TIMEOUT = click.option("--statement-timeout", type=click.IntRange(min=1), default=30000, show_default=True,
+                                 help="Milliseconds a mapping's fetch of one page may run.")
+
+
 @click.group("targets")
 def targets_group() -> None:
     """Manage the external databases tenancies sync into."""
@@ -87,10 +91,11 @@ def targets_remove(obj, tenant: uuid.UUID, name: str) -> None:
 @MAPPINGS_DIR
 @click.option("--page-size", type=click.IntRange(min=1), default=5000, show_default=True,
               help="Rows per page; each page is one target transaction.")
+@STATEMENT_TIMEOUT
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def sync_cmd(obj, tenant: uuid.UUID, mapping_names: tuple[str, ...], mappings_dirs: tuple[Path, ...],
-             page_size: int, as_json: bool) -> None:
+             page_size: int, statement_timeout: int, as_json: bool) -> None:
     """Sequence and sync one tenancy's targets until caught up; exit 1 if a target failed."""
     chosen = mappings.select(mappings.load_all(list(mappings_dirs)), list(mapping_names))
     with db.connect(obj.dsn) as conn:
@@ -98,6 +103,7 @@ def sync_cmd(obj, tenant: uuid.UUID, mapping_names: tuple[str, ...], mappings_di
     with Progress(backlog, "syncing", enabled=not as_json) as progress:
         result = engine.sync_until_caught_up(obj.dsn, tenant, chosen,
                                              engine.Options(page_size=page_size, ignore_backoff=True,
+                                                            statement_timeout_ms=statement_timeout,
                                                             on_rows=progress.advance))
     if as_json:
         click.echo(json.dumps({"tenancy_id": str(tenant), "sync_disabled": result.sync_disabled,
@@ -130,6 +136,8 @@ def status_cmd(obj, tenant: uuid.UUID | None, as_json: bool) -> None:
     for r in rows:
         line = (f"{r['tenancy_id']} {r['target_name']:<14} {r['mapping_name']:<22} pending {r['pending_rows']:>8}"
                 f"  cursor {r['last_synced_sequence_id']:>10}  queue {r['queue_depth']} dead {r['dead_requests']}")
+        if r["oldest_pending_age"] is not None:
+            line += f"  oldest pending {r['oldest_pending_age'].total_seconds():.0f}s"
         if r["last_error"]:
             line += f"  last error: {r['last_error']}"
         click.echo(line)
@@ -145,10 +153,11 @@ def status_cmd(obj, tenant: uuid.UUID | None, as_json: bool) -> None:
               help="Seconds between sequencer passes when idle.")
 @click.option("--page-size", type=click.IntRange(min=1), default=5000, show_default=True,
               help="Rows per page; each page is one target transaction.")
+@STATEMENT_TIMEOUT
 @click.option("--until-idle", is_flag=True, help="Exit when the queue is empty and nothing is flagged.")
 @click.pass_obj
 def worker_cmd(obj, mappings_dirs: tuple[Path, ...], concurrency: int, lease: float, sequencer_interval: float,
-               page_size: int, until_idle: bool) -> None:
+               page_size: int, statement_timeout: int, until_idle: bool) -> None:
     """Sequence changes and sync every tenancy's targets until stopped (SIGTERM finishes the page)."""
     import signal
 
@@ -156,7 +165,7 @@ def worker_cmd(obj, mappings_dirs: tuple[Path, ...], concurrency: int, lease: fl
 
     worker = Worker(obj.dsn, mappings.load_all(list(mappings_dirs)),
                     WorkerOptions(concurrency=concurrency, lease_s=lease, sequencer_interval_s=sequencer_interval,
-                                  page_size=page_size),
+                                  page_size=page_size, statement_timeout_ms=statement_timeout),
                     log=lambda line: click.echo(line, err=True))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop.set())

@@ -33,6 +33,7 @@ class WorkerOptions:
     sequencer_interval_s: float = 0.1
     sequencer_batch: int = 10000
     page_size: int = 5000
+    statement_timeout_ms: int = 30000
     max_attempts: int = 8
 
 
@@ -113,6 +114,7 @@ class Worker:
         try:
             source = self._source()
             options = engine.Options(page_size=self.options.page_size, stop=self.stop,
+                                     statement_timeout_ms=self.options.statement_timeout_ms,
                                      on_page=lambda: self._renew(source, request_id))
             result = engine.sync_tenancy(source, tenancy, self.mappings, options)
             with source.transaction():
