@@ -13,9 +13,16 @@ def pending_changes(conn: psycopg.Connection) -> dict[str, int]:
     return {r["table_name"]: r["pending"] for r in conn.execute("select * from pyglue.pending_changes()")}
 
 
-def sequence_pass(conn: psycopg.Connection, batch_size: int) -> int:
-    """One pass in its own transaction; returns rows stamped."""
+# pyglue.sequence_changes serializes passes on this advisory lock (see its header).
+SEQUENCER_LOCK = "select pg_try_advisory_xact_lock(hashtext('pyglue.sequence_changes')) as got"
+
+
+def sequence_pass(conn: psycopg.Connection, batch_size: int, wait: bool = True) -> int:
+    """One pass in its own transaction; returns rows stamped. With wait=False a pass that
+    finds another one running returns 0 at once instead of queueing behind it."""
     with conn.transaction():
+        if not wait and not conn.execute(SEQUENCER_LOCK).fetchone()["got"]:
+            return 0
         return conn.execute("select pyglue.sequence_changes(%s) as n", (batch_size,)).fetchone()["n"]
 
 

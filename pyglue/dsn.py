@@ -34,8 +34,9 @@ def parse(dsn: str) -> dict[str, str]:
     """The DSN's parameters; a malformed DSN raises PyglueError without echoing it."""
     try:
         params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise PyglueError(f"invalid connection string: {scrub(str(exc).splitlines()[0], dsn)}") from None
+    except psycopg.ProgrammingError:
+        # libpq's message quotes the text around the fault, which may be the password
+        raise PyglueError(f"invalid connection string: cannot parse it ({_shape(dsn)})") from None
     port = str(params.get("port") or "")
     if port and not all(p.strip().isdigit() for p in port.split(",")):
         raise PyglueError(f"invalid connection string: port {port!r} is not a number")
@@ -58,11 +59,20 @@ def redact(text: str) -> str:
 
 
 def scrub(message: str, *dsns: str) -> str:
-    """An error message with the passwords of the given DSNs (and any DSN-shaped secret) removed."""
+    """An error message with the passwords of the given DSNs (and any DSN-shaped secret) removed.
+    A password is replaced where it stands as a whole token, not inside other words."""
     for dsn in dsns:
         for secret in _passwords_in(dsn):
-            message = message.replace(secret, "***")
+            message = re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", "***", message)
     return redact(message)
+
+
+def _shape(dsn: str) -> str:
+    """What kind of connection string it is, without any of its values."""
+    if "://" in dsn:
+        return "a URL: " + dsn.split("://", 1)[0] + "://…"
+    keys = re.findall(r"(\w+)\s*=", dsn)
+    return "keys: " + ", ".join(keys) if keys else "not key=value pairs"
 
 
 def _passwords_in(dsn: str) -> list[str]:

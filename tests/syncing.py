@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 
@@ -56,3 +57,14 @@ def source_users(conn, tenancy) -> set[tuple]:
 
 def target_users(world: World, target: str = "main") -> set[tuple]:
     return {(r["id"], r["display_name"]) for r in world.rows("users", target)}
+
+
+def write_mapping(folder, name, fetch, spec=None):
+    d = folder / name
+    d.mkdir(parents=True)
+    (d / "mapping.json").write_text(json.dumps(spec or {"source_table": "app.users", "target_table": name,
+                                                        "key_columns": ["id"]}))
+    (d / "fetch.sql.j2").write_text(fetch)
+    (d / "ddl.sql.j2").write_text("create table if not exists {{ schema | ident }}.{{ table | ident }}"
+                                  " (id uuid primary key, display_name text)")
+    return folder

@@ -84,3 +84,20 @@ def test_db_status_lists_migrations(shared_db):
     assert result.exit_code == 0, result.output
     assert "applied  0001_schemas" in result.output
     assert " 0 pending" in result.output
+
+
+@pytest.mark.parametrize("dsn", [
+    f"postgresql://bob:my {SECRET}@127.0.0.1/db",  # libpq would quote the text around the space
+    f"host=127.0.0.1 password=hunter2 {SECRET}",
+])
+def test_unparseable_dsn_never_echoes_its_text(dsn):
+    done = run("--dsn", dsn, "db", "status")
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: invalid connection string: cannot parse it")
+    assert SECRET not in done.stderr and "hunter2" not in done.stderr
+
+
+def test_a_short_password_is_not_scrubbed_out_of_other_words():
+    from pyglue import dsn as dsns
+
+    assert dsns.scrub("response on port 5: failed for p", "host=x password=p") == "response on port 5: failed for ***"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 
 import psycopg
@@ -152,16 +153,16 @@ def test_scheduled_retry_is_pulled_forward_by_new_changes_but_backoff_is_not(q):
     assert request(q, backing_off)["wait"].total_seconds() > 3500
 
 
-@pytest.mark.parametrize("call, message", [
-    ("select pyglue.fail_request(424242, 'x')", "sync request 424242 does not exist or is not claimed"),
-    ("select * from pyglue.claim_requests('w', 0)", "claim limit must be at least 1, got 0"),
-    ("select * from pyglue.claim_requests('w', 1, '0 seconds')", "lease must be positive, got 00:00:00"),
-    ("select pyglue.enqueue_sync(null)", "tenancy id must not be null"),
+@pytest.mark.parametrize("call, sqlstate, message", [
+    ("select pyglue.fail_request(424242, 'x')", "P0002", "sync request 424242 does not exist or is not claimed"),
+    ("select * from pyglue.claim_requests('w', 0)", "22023", "claim limit must be at least 1, got 0"),
+    ("select * from pyglue.claim_requests('w', 1, '0 seconds')", "22023", "lease must be positive, got 00:00:00"),
+    ("select pyglue.enqueue_sync(null)", "22004", "tenancy id must not be null"),
 ])
-def test_bad_queue_calls_are_refused_clearly(conn, call, message):
+def test_bad_queue_calls_are_refused_clearly(conn, call, sqlstate, message):
     with pytest.raises(psycopg.Error) as error:
         conn.execute(call)
-    assert error.value.diag.message_primary == message
+    assert (error.value.sqlstate, error.value.diag.message_primary) == (sqlstate, message)
 
 
 def test_enqueue_notifies_listeners(fresh_db, connect, q):
@@ -170,3 +171,50 @@ def test_enqueue_notifies_listeners(fresh_db, connect, q):
     enqueue(q, uuid.uuid4())
     notes = list(listener.notifies(timeout=5, stop_after=1))
     assert [n.channel for n in notes] == ["pyglue_requests"]
+
+
+def test_one_claim_takes_one_request_per_tenancy(q):
+    t = uuid.uuid4()
+    old = enqueue(q, t)
+    claim(q, "crashed", lease="50 milliseconds")
+    new = enqueue(q, t)
+    q.execute("select pg_sleep(0.1)")
+    claimed = claim(q, "w2", limit=10)
+    assert [r["id"] for r in claimed] == [old]  # the older one; the newer waits for it
+    assert request(q, new)["status"] == "pending"
+
+
+def test_fail_request_can_be_limited_to_the_claiming_worker(q):
+    rid = enqueue(q, uuid.uuid4())
+    claim(q, "owner")
+    with pytest.raises(psycopg.Error) as error:
+        q.execute("select pyglue.fail_request(%s, 'x', p_worker => 'someone else')", (rid,))
+    assert error.value.sqlstate == "P0002"
+    assert error.value.diag.message_primary == f"sync request {rid} does not exist or is not claimed by someone else"
+    assert request(q, rid)["status"] == "claimed"
+
+
+def test_backoff_never_overflows(q):
+    rid = enqueue(q, uuid.uuid4())
+    q.execute("update pyglue.outgoing_requests set attempts = 999 where id = %s", (rid,))
+    q.execute("update pyglue.outgoing_requests set status = 'claimed', lease_expires_at = now() where id = %s", (rid,))
+    assert fail(q, rid, max_attempts=10_000, cap="1 hour") == "pending"
+    assert 3590 < request(q, rid)["wait"].total_seconds() <= 3600
+
+
+def test_release_hands_a_claim_back_without_counting_it(q):
+    t = uuid.uuid4()
+    rid = enqueue(q, t)
+    claim(q, "w")
+    assert q.execute("select pyglue.release_request(%s, 'other') as ok", (rid,)).fetchone()["ok"] is False
+    assert q.execute("select pyglue.release_request(%s, 'w') as ok", (rid,)).fetchone()["ok"] is True
+    row = request(q, rid)
+    assert (row["status"], row["attempts"], row["claimed_by"]) == ("pending", 0, None)
+
+
+def test_extend_lease_only_for_the_holder(q):
+    rid = enqueue(q, uuid.uuid4())
+    claim(q, "w", lease="1 second")
+    assert q.execute("select pyglue.extend_lease(%s, 'w', '1 hour') as ok", (rid,)).fetchone()["ok"] is True
+    assert request(q, rid)["lease_expires_at"] > request(q, rid)["claimed_at"] + datetime.timedelta(minutes=59)
+    assert q.execute("select pyglue.extend_lease(%s, 'x', '1 hour') as ok", (rid,)).fetchone()["ok"] is False

@@ -262,3 +262,18 @@ def test_pending_changes_counts_rows_per_table(conn):
     pending = {r["table_name"]: r["pending"] for r in conn.execute("select * from pyglue.pending_changes()")}
     assert pending == {"pyglue.deleted_rows": 1, "app.contact_channels": 0, "app.team_members": 0,
                        "app.teams": 0, "app.users": 5}
+
+
+def test_tombstones_beyond_one_batch_are_still_stamped_before_live_rows(conn):
+    """A mass delete leaves more tombstones than a batch: a re-created key must still end present."""
+    t = f.tenancy(conn)
+    first, second = f.user(conn, t, "first"), f.user(conn, t, "second")
+    f.sequence_all(conn)
+    conn.execute("delete from app.users where id in (%s, %s)", (first, second))
+    f.user(conn, t, "again", user_id=second)
+    while sequence(conn, 1):
+        pass
+    stones = {r["k"]: r["sequence_id"] for r in conn.execute(
+        "select primary_key->>'id' as k, sequence_id from pyglue.deleted_rows")}
+    live = conn.execute("select sequence_id from app.users where id = %s", (second,)).fetchone()["sequence_id"]
+    assert max(stones.values()) < live

@@ -10,7 +10,7 @@ from pyglue.sync import engine, mappings
 from pyglue.sync.target import TargetTables
 
 from tests import factories as f
-from tests.syncing import make_world, source_users, target_users
+from tests.syncing import make_world, source_users, target_users, write_mapping
 
 
 @pytest.fixture
@@ -184,25 +184,69 @@ def test_page_boundaries_1500_users_in_three_batches(world):
 
 
 def test_delete_at_a_page_boundary_leaves_299(world):
+    """The first page is applied, then the row at the page boundary is deleted mid-sync."""
     f.users_bulk(world.conn, world.tenancy, 300)
     f.sequence_all(world.conn)
+    users = mappings.select(mappings.load_all(), ["users"])
     boundary = world.conn.execute("select id from app.users order by sequence_id offset 99 limit 1").fetchone()["id"]
-    world.sync(page_size=100)
+    with engine.source_connection(world.dsn) as source, engine.target_connection(world.targets["main"]) as target:
+        tables = TargetTables(target, world.tenancy)
+        tables.ensure_metadata()
+        cursor = tables.ensure_mapping(users[0])
+        page = engine.fetch_page(source, world.tenancy, users[0], cursor, engine.Options(page_size=100))
+        tables.apply(users[0], page, cursor)
+    assert len(world.rows("users")) == 100 and boundary in {r["id"] for r in world.rows("users")}
     world.conn.execute("delete from app.users where id = %s", (boundary,))
     world.sync(page_size=100)
     assert len(world.rows("users")) == 299
     assert boundary not in {r["id"] for r in world.rows("users")}
 
 
-def test_50_inserted_10_deleted_10_reinserted(world):
+def test_50_inserted_10_deleted_10_reinserted_with_the_same_keys(world):
     c, t = world.conn, world.tenancy
     f.users_bulk(c, t, 50)
     world.sync(page_size=7)
-    c.execute("delete from app.users where id in (select id from app.users order by display_name limit 10)")
-    f.users_bulk(c, t, 10, prefix="again")
+    gone = [r["id"] for r in c.execute("select id from app.users order by display_name limit 10")]
+    c.execute("delete from app.users where id = any(%s)", (gone,))
+    for i, key in enumerate(gone):
+        f.user(c, t, f"back{i}", user_id=key)
     world.sync(page_size=7)
     assert target_users(world) == source_users(c, t)
     assert len(world.rows("users")) == 50
+    assert {r["display_name"] for r in world.rows("users") if r["id"] in gone} == {f"back{i}" for i in range(10)}
+
+
+def test_infinite_and_ancient_timestamps_sync_exactly(world):
+    c, t = world.conn, world.tenancy
+    c.execute("insert into app.users (tenancy_id, display_name, signed_up_at) values (%s, 'inf', 'infinity'),"
+              " (%s, 'old', '0044-03-15 12:00:00+00 BC')", (t, t))
+    world.sync()
+    with psycopg.connect(world.targets["main"]) as target:
+        got = sorted(r[0] for r in target.execute("select signed_up_at::text from users"))
+    with psycopg.connect(world.dsn) as source:
+        want = sorted(r[0] for r in source.execute("select signed_up_at::text from app.users"))
+    assert got == want and "infinity" in got
+
+
+def test_a_primary_key_change_moves_the_row_at_the_target(world):
+    c, t = world.conn, world.tenancy
+    u = f.user(c, t)
+    first, second = f.team(c, t, "first"), f.team(c, t, "second")
+    f.member(c, t, first, u)
+    world.sync()
+    c.execute("update app.team_members set team_id = %s where user_id = %s", (second, u))
+    world.sync()
+    assert [(r["team_id"], r["user_id"]) for r in world.rows("team_member_profiles")] == [(second, u)]
+
+
+def test_a_fetch_out_of_sequence_order_is_refused(world, tmp_path):
+    f.users_bulk(world.conn, world.tenancy, 3)
+    unordered = ("select u.sequence_id, false as is_deleted, u.id, u.display_name from app.users u"
+                 " where u.tenancy_id = %(tenancy_id)s and u.sequence_id > %(cursor)s"
+                 " order by u.sequence_id desc limit %(limit)s")
+    result = world.sync(names=["unordered"], extra_dirs=[write_mapping(tmp_path, "unordered", unordered)])
+    assert "strictly increasing sequence_id" in result.failed[0].error
+    assert world.cursors().get("unordered") == 0
 
 
 def test_a_target_of_another_tenancy_is_refused(world):
@@ -242,7 +286,8 @@ def test_runs_for_one_tenancy_and_target_are_serialized(world):
         holder.execute("select pg_advisory_lock(hashtextextended('pyglue.sync:' || %s, 0))", (str(world.tenancy),))
         busy = engine.sync_until_caught_up(world.dsn, world.tenancy, mappings.load_all(),
                                            engine.Options(lock_timeout_s=0.3, ignore_backoff=True))
-        assert "another sync of tenancy" in busy.failed[0].error
+        assert busy.failed == []  # not the target's fault: skipped, no error, no backoff
+        assert "another sync of tenancy" in busy.targets[0].skipped
         assert not _has_users_table(world)  # nothing happened under the other run's lock
     assert world.sync().failed == []
     assert len(world.rows("users")) == 1

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import json
-
 import psycopg
 import pytest
 
+from pyglue import queries
 from pyglue.errors import PyglueError
 from pyglue.sync import engine, mappings
 from tests import factories as f
-from tests.syncing import make_world
+from tests.syncing import make_world, write_mapping
 
 READER = "pyglue_mapping_reader"
 
 
 def as_reader(conn, tenancy):
+    """What engine.fetch_page does before running a mapping's query."""
+    if tenancy:
+        conn.execute(queries.load("open_fetch_session"), {"tenancy_id": tenancy})
     conn.execute("set transaction read only")
-    conn.execute("select set_config('pyglue.tenancy_id', %s, true)", (str(tenancy) if tenancy else "",))
     conn.execute(f"set local role {READER}")
 
 
@@ -80,17 +81,6 @@ def test_tracking_a_table_with_its_own_policies_does_not_widen_them(conn):
         ("mine", ["public"]), ("pyglue_tenancy_isolation", [READER]), ("pyglue_visible", [READER])]
 
 
-def write_mapping(folder, name, fetch, spec=None):
-    d = folder / name
-    d.mkdir(parents=True)
-    (d / "mapping.json").write_text(json.dumps(spec or {"source_table": "app.users", "target_table": name,
-                                                        "key_columns": ["id"]}))
-    (d / "fetch.sql.j2").write_text(fetch)
-    (d / "ddl.sql.j2").write_text("create table if not exists {{ schema | ident }}.{{ table | ident }}"
-                                  " (id uuid primary key, display_name text)")
-    return folder
-
-
 ALL_USERS = """select * from (
   select u.sequence_id, false as is_deleted, u.id, u.display_name from app.users u
   where u.sequence_id > %(cursor)s and %(tenancy_id)s::uuid is not null
@@ -145,3 +135,64 @@ def test_a_slow_mapping_hits_the_statement_timeout(fresh_db, connect, make_datab
 def test_mappings_that_could_escape_or_leak_are_refused_on_load(tmp_path, fetch, message):
     with pytest.raises(PyglueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         mappings.load(write_mapping(tmp_path, "bad", fetch) / "bad")
+
+
+SETS_ANOTHER_TENANCY = """with sneaky as materialized (
+  select set_config('pyglue.tenancy_id', '{other}', true) as x)
+select u.sequence_id, false as is_deleted, u.id, u.display_name
+from sneaky, lateral (select * from app.users where sequence_id > %(cursor)s and %(tenancy_id)s::uuid is not null
+                      and x is not null offset 0) u
+order by u.sequence_id limit %(limit)s"""
+
+SWITCHES_ROLE = """select u.sequence_id, false as is_deleted, u.id, u.display_name
+from app.users u, (select set_config('role', 'none', true) as r) s
+where u.sequence_id > %(cursor)s and %(tenancy_id)s::uuid is not null and s.r is not null
+order by u.sequence_id limit %(limit)s"""
+
+
+def unchecked_mapping(tmp_path, name, fetch):
+    """Load a mapping past the load-time lint, as a user who spells set_config otherwise could."""
+    folder = write_mapping(tmp_path, name, "select %(tenancy_id)s, %(cursor)s, %(limit)s")
+    loaded = mappings.load(folder / name)
+    return mappings.Mapping(loaded.name, loaded.source_table, loaded.target_table, loaded.key_columns,
+                            fetch, loaded.ddl_sql)
+
+
+def test_changing_the_tenancy_setting_inside_the_query_reads_nothing_more(fresh_db, connect, make_database,
+                                                                           tmp_path):
+    world = make_world(fresh_db, connect, make_database)
+    other = f.tenancy(world.conn, "other")
+    mine = f.user(world.conn, world.tenancy, "mine")
+    f.user(world.conn, other, "SECRET-OTHER-TENANT")
+    world.add_target()
+    sneaky = unchecked_mapping(tmp_path, "sneaky", SETS_ANOTHER_TENANCY.replace("{other}", str(other)))
+    result = engine.sync_until_caught_up(world.dsn, world.tenancy, [sneaky], engine.Options(ignore_backoff=True))
+    assert result.failed == []
+    assert [r["id"] for r in world.rows("sneaky")] == [mine]
+
+
+def test_a_fetch_that_switches_role_is_discarded(fresh_db, connect, make_database, tmp_path):
+    world = make_world(fresh_db, connect, make_database)
+    f.user(world.conn, world.tenancy)
+    world.add_target()
+    switcher = unchecked_mapping(tmp_path, "switcher", SWITCHES_ROLE)
+    result = engine.sync_until_caught_up(world.dsn, world.tenancy, [switcher], engine.Options(ignore_backoff=True))
+    assert "the fetch changed its session" in result.failed[0].error
+    assert world.rows("switcher") == []
+
+
+def test_members_of_the_reader_role_see_all_rows_when_not_acting_as_it(fresh_db, connect):
+    c = connect(fresh_db, autocommit=True)
+    for t in (f.tenancy(c), f.tenancy(c)):
+        f.user(c, t)
+    role = f"pyglue_test_member_{abs(hash(fresh_db)) % 10**8}"
+    c.execute(f"create role {role} in role {READER}")
+    try:
+        c.execute(f"grant usage on schema app to {role}")
+        c.execute(f"grant select on app.users to {role}")
+        c.execute(f"set role {role}")
+        assert c.execute("select count(*) as n from app.users").fetchone()["n"] == 2
+    finally:
+        c.execute("reset role")
+        c.execute(f"drop owned by {role}")
+        c.execute(f"drop role {role}")

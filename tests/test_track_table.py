@@ -45,7 +45,8 @@ def test_tracking_adds_columns_indexes_and_triggers(conn, widgets):
     conn.execute("insert into public.widgets values (gen_random_uuid(), 1, 'before tracking')")
     conn.execute("select pyglue.track_table('public.widgets')")
     assert columns(conn, widgets)[-2:] == ["sequence_id", "should_update_sequence_id"]
-    assert triggers(conn, widgets) == ["_100_pyglue_flag_change", "_900_pyglue_log_delete", "_900_pyglue_log_truncate"]
+    assert triggers(conn, widgets) == ["_100_pyglue_flag_change", "_900_pyglue_log_delete",
+                                       "_900_pyglue_log_key_change", "_900_pyglue_log_truncate"]
     indexes = {r["indexname"] for r in conn.execute("select indexname from pg_indexes where tablename = 'widgets'")}
     assert {"widgets_pyglue_flagged_idx", "widgets_pyglue_sequence_idx"} <= indexes
     assert conn.execute("select should_update_sequence_id as f from public.widgets").fetchone()["f"] is True
@@ -156,3 +157,35 @@ def test_rolled_back_delete_leaves_no_tombstone(conn):
     conn.execute("delete from app.users where id = %s", (u,))
     conn.execute("rollback to savepoint s")
     assert tombstones(conn) == []
+
+
+def test_a_primary_key_change_leaves_a_tombstone_for_the_old_key(conn):
+    t = f.tenancy(conn)
+    team, other = f.team(conn, t), f.team(conn, t)
+    u = f.user(conn, t)
+    f.member(conn, t, team, u)
+    conn.execute("update app.team_members set team_id = %s where user_id = %s", (other, u))
+    [stone] = tombstones(conn, "app.team_members")
+    assert stone["primary_key"] == {"tenancy_id": str(t), "team_id": str(team), "user_id": str(u)}
+    conn.execute("update app.team_members set display_name = 'no key change' where user_id = %s", (u,))
+    assert len(tombstones(conn, "app.team_members")) == 1
+
+
+def test_an_application_role_without_rights_on_pyglue_can_delete_and_update(fresh_db, connect):
+    c = connect(fresh_db, autocommit=True)
+    t = f.tenancy(c)
+    u = f.user(c, t, email="a@example.com")
+    role = f"pyglue_test_app_{abs(hash(fresh_db)) % 10**8}"
+    c.execute(f"create role {role}")
+    try:
+        c.execute(f"grant usage on schema app to {role}")
+        c.execute(f"grant select, insert, update, delete on all tables in schema app to {role}")
+        c.execute(f"set role {role}")
+        c.execute("update app.contact_channels set is_verified = true")
+        c.execute("delete from app.users where id = %s", (u,))
+        c.execute("reset role")
+        assert len(tombstones(c)) == 2
+    finally:
+        c.execute("reset role")
+        c.execute(f"drop owned by {role}")
+        c.execute(f"drop role {role}")

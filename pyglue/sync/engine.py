@@ -22,7 +22,7 @@ from pyglue import capture, db, queries
 from pyglue import dsn as dsns
 from pyglue.errors import PyglueError
 from pyglue.sync.mappings import Mapping
-from pyglue.sync.target import Page, TargetTables
+from pyglue.sync.target import Page, TargetBusy, TargetTables
 
 READER_ROLE = "pyglue_mapping_reader"
 
@@ -71,12 +71,32 @@ class Stopped(Exception):
     """The caller asked to stop between pages."""
 
 
+# Types whose values go through as Postgres wrote them: exact (jsonb text, numeric digits)
+# and including values Python cannot hold ('infinity' timestamps, dates before year 1).
+_AS_TEXT = ("json", "jsonb", "numeric", "timestamptz", "timestamp", "date", "time", "timetz", "interval")
+
+
 def source_connection(dsn: str) -> psycopg.Connection:
-    """A source connection for fetching: jsonb and json arrive as their exact text."""
+    """A source connection for fetching: values that need it arrive as their exact text."""
     conn = db.connect(dsn, application_name="pyglue sync")
-    for name in ("json", "jsonb"):
+    for name in _AS_TEXT:
         conn.adapters.register_loader(name, TextLoader)
     return conn
+
+
+def target_connection(dsn: str) -> psycopg.Connection:
+    """A target connection that cannot hang: connect and keepalive timeouts unless the DSN sets them,
+    and statement and lock timeouts for the session."""
+    given = dsns.parse(dsn)
+    extra = {k: v for k, v in TARGET_CONNECT_DEFAULTS.items() if k not in given}
+    conn = db.connect(dsn, autocommit=True, application_name="pyglue sync", row_factory=psycopg.rows.tuple_row,
+                      **extra)
+    conn.execute("select set_config('statement_timeout', '300s', false), set_config('lock_timeout', '60s', false)")
+    return conn
+
+
+TARGET_CONNECT_DEFAULTS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+                           "keepalives_interval": 10, "keepalives_count": 3}
 
 
 def register_mappings(source: psycopg.Connection, mappings: list[Mapping]) -> None:
@@ -104,6 +124,9 @@ def sync_tenancy(source: psycopg.Connection, tenancy_id: uuid.UUID, mappings: li
             continue
         try:
             outcome.rows = sync_target(source, tenancy_id, target, mappings, options)
+        except TargetBusy as exc:  # another run holds this target: not the target's fault
+            outcome.skipped = str(exc)
+            continue
         except SyncDisabled:
             result.sync_disabled = True
             break
@@ -122,8 +145,9 @@ def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict,
                 options: Options) -> int:
     """All mappings of one target until each is caught up; returns rows applied."""
     applied = 0
-    with db.connect(target["connection_string"], autocommit=True, application_name="pyglue sync",
-                    row_factory=psycopg.rows.tuple_row) as conn:
+    if options.stop.is_set():
+        raise Stopped()
+    with target_connection(target["connection_string"]) as conn:
         tables = TargetTables(conn, tenancy_id)
         tables.lock(options.lock_timeout_s)
         tables.ensure_metadata()
@@ -149,21 +173,37 @@ def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict,
 
 def fetch_page(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping: Mapping, cursor: int,
                options: Options) -> Page | None:
-    """The next page of a mapping after cursor, read under tenant isolation; None when caught up."""
-    with source.transaction():
-        source.execute("set transaction read only")
-        if not source.execute("select sync_enabled from pyglue.fusebox").fetchone()["sync_enabled"]:
-            raise SyncDisabled()
-        source.execute("select set_config('pyglue.tenancy_id', %s, true), set_config('statement_timeout', %s, true)",
-                       (str(tenancy_id), str(options.statement_timeout_ms)))
-        source.execute(sql.SQL("set local role {}").format(sql.Identifier(READER_ROLE)))
-        cur = source.cursor(row_factory=psycopg.rows.tuple_row)
-        try:
-            cur.execute(mapping.fetch_sql, {"tenancy_id": tenancy_id, "cursor": cursor, "limit": options.page_size})
-        except psycopg.Error as exc:
-            raise PyglueError(f"mapping {mapping.name}: fetch failed: {exc.diag.message_primary or exc}") from None
-        names = [d.name for d in cur.description]
-        rows = cur.fetchall()
+    """The next page of a mapping after cursor, read under tenant isolation; None when caught up.
+
+    The transaction names its tenancy in pyglue.fetch_sessions, turns read-only, sets a
+    statement timeout and switches to the reader role; the policies on tracked tables
+    compare against that row, which the mapping's query cannot write. Afterwards the
+    session is checked and reset, so a mapping that switched role is caught and one that
+    left settings or advisory locks behind does not affect the next page.
+    """
+    try:
+        with source.transaction():
+            if not source.execute("select sync_enabled from pyglue.fusebox").fetchone()["sync_enabled"]:
+                raise SyncDisabled()
+            source.execute(queries.load("open_fetch_session"), {"tenancy_id": tenancy_id})
+            source.execute("set transaction read only")
+            source.execute("select set_config('statement_timeout', %s, true)", (str(options.statement_timeout_ms),))
+            source.execute(sql.SQL("set local role {}").format(sql.Identifier(READER_ROLE)))
+            cur = source.cursor(row_factory=psycopg.rows.tuple_row)
+            try:
+                cur.execute(mapping.fetch_sql, {"tenancy_id": tenancy_id, "cursor": cursor,
+                                                "limit": options.page_size})
+                names = [d.name for d in cur.description]
+                rows = cur.fetchall()
+                after = source.execute("select current_user as role, pyglue._fetch_tenancy() as tenancy").fetchone()
+            except psycopg.Error as exc:
+                raise PyglueError(f"mapping {mapping.name}: fetch failed: {exc.diag.message_primary or exc}") from None
+    finally:
+        with source.transaction():
+            source.execute("select pg_advisory_unlock_all(); reset role; reset all")
+    if (after["role"], after["tenancy"]) != (READER_ROLE, tenancy_id):
+        raise PyglueError(f"mapping {mapping.name}: the fetch changed its session (role {after['role']}); "
+                          "page discarded")
     if not rows:
         return None
     return reduce_page(mapping, names, rows)
@@ -179,7 +219,12 @@ def reduce_page(mapping: Mapping, names: list[str], rows: list[tuple]) -> Page:
         raise PyglueError(f"mapping {mapping.name}: fetch does not return key column {missing[0]}")
     key_at = [columns.index(k) + 2 for k in mapping.key_columns]
     last: dict[tuple, tuple] = {}
+    previous = None
     for row in rows:
+        if row[0] is None or (previous is not None and row[0] <= previous):
+            raise PyglueError(f"mapping {mapping.name}: fetch must return rows in strictly increasing sequence_id "
+                              f"order, got {row[0]} after {previous}")
+        previous = row[0]
         last[tuple(row[i] for i in key_at)] = row
     upserts = [row[2:] for row in last.values() if not row[1]]
     deletes = [key for key, row in last.items() if row[1]]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import psycopg
 
 from pyglue import capture, db, queries
+from pyglue import dsn as dsns
 from pyglue.errors import PyglueError
 from pyglue.sync import engine
 from pyglue.sync.mappings import Mapping
@@ -79,8 +80,8 @@ class Worker:
             while not self.stop.is_set():
                 fuse = capture.fusebox(control)
                 busy = False
-                if fuse["sequencer_enabled"]:
-                    busy |= capture.sequence_pass(control, opts.sequencer_batch) > 0
+                if fuse["sequencer_enabled"]:  # another worker's pass in progress: skip, don't queue up
+                    busy |= capture.sequence_pass(control, opts.sequencer_batch, wait=False) > 0
                 for done in [f for f in in_flight if f.done()]:
                     in_flight.pop(done)
                     done.result()
@@ -129,18 +130,23 @@ class Worker:
                     self.log(f"tenancy {tenancy} target {t.name}: {t.rows} row(s)"
                              + (f", error: {t.error}" if t.error else ""))
         except Exception as exc:  # the source itself failed: back off through the queue
-            message = " ".join(str(exc).split())[:500]
+            message = dsns.redact(" ".join(str(exc).split()))[:500]
             self.log(f"tenancy {tenancy}: sync failed: {message}")
             self._fail(request_id, message)
 
     def _renew(self, source: psycopg.Connection, request_id: int) -> None:
+        """Renew the lease after a page; a lease lost to another worker stops this sync."""
         with source.transaction():
-            source.execute("select pyglue.extend_lease(%s, %s, make_interval(secs => %s))",
-                           (request_id, self.id, self.options.lease_s))
+            held = source.execute("select pyglue.extend_lease(%s, %s, make_interval(secs => %s)) as held",
+                                  (request_id, self.id, self.options.lease_s)).fetchone()["held"]
+        if not held:
+            self.log(f"request {request_id}: lease lost to another worker; stopping this sync")
+            raise engine.Stopped()
 
     def _fail(self, request_id: int, message: str) -> None:
         try:
             with db.connect(self.dsn, autocommit=True) as conn:
-                conn.execute("select pyglue.fail_request(%s, %s, %s)", (request_id, message, self.options.max_attempts))
+                conn.execute("select pyglue.fail_request(%s, %s, %s, p_worker => %s)",
+                             (request_id, message, self.options.max_attempts, self.id))
         except Exception as exc:  # the lease will expire and the request come back
             self.log(f"could not record the failure of request {request_id}: {exc}")

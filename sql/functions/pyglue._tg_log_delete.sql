@@ -4,10 +4,13 @@
 -- the whole table): one INSERT of a tombstone per removed row into pyglue.deleted_rows,
 -- with the primary key and the full row as jsonb (minus the sequence columns). Runs in
 -- the deleting transaction, so a rolled-back delete leaves no tombstone, and for rows
--- removed by foreign-key cascades too.
+-- removed by foreign-key cascades too. SECURITY DEFINER so application roles that may
+-- delete rows need no rights on schema pyglue.
 create or replace function pyglue._tg_log_delete()
 returns trigger
 language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_tenancy_column name := tg_argv[0];

@@ -2,8 +2,11 @@
 --
 -- Due: pending with run_after reached, or claimed by a worker whose lease expired (a
 -- crashed worker's claims come back this way). Tenancies another worker holds under a
--- live lease are left alone. Concurrent claimers never block each other or take the
--- same request (FOR UPDATE SKIP LOCKED). Each claim counts as an attempt.
+-- live lease are left alone, and one call claims at most one request per tenancy (an
+-- expired claim and a newer pending request of one tenancy never run side by side).
+-- Concurrent claimers never block each other or take the same request (FOR UPDATE SKIP
+-- LOCKED). Each claim counts as an attempt.
+-- Locks: the candidate rows (SKIP LOCKED), until the caller commits.
 -- Returns: the claimed requests. Errors: 22023 limit below 1 or lease not positive.
 create or replace function pyglue.claim_requests(p_worker text, p_limit integer default 1,
                                                  p_lease interval default '5 minutes')
@@ -30,12 +33,18 @@ begin
         order by r.created_at, r.id
         limit p_limit
         for update of r skip locked
+    ), one_per_tenancy as (
+        select distinct on (o.tenancy_id) o.id
+        from pyglue.outgoing_requests o join due on due.id = o.id
+        order by o.tenancy_id, o.created_at, o.id
+    ), claimed as (
+        update pyglue.outgoing_requests r
+        set status = 'claimed', claimed_by = p_worker, claimed_at = now(),
+            lease_expires_at = now() + p_lease, attempts = r.attempts + 1
+        from one_per_tenancy c where r.id = c.id
+        returning r.*
     )
-    update pyglue.outgoing_requests r
-    set status = 'claimed', claimed_by = p_worker, claimed_at = now(),
-        lease_expires_at = now() + p_lease, attempts = r.attempts + 1
-    from due where r.id = due.id
-    returning r.*;
+    select * from claimed order by created_at, id;
 end;
 $$;
 

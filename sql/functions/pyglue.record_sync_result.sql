@@ -1,7 +1,8 @@
 -- pyglue.record_sync_result(p_target_id, p_error, ...): what the last sync of a target did.
 -- Null p_error: success (failures reset, last_success_at set). Otherwise the error is kept
 -- and the target backs off: retry_after = now() + least(p_max_delay, p_base_delay *
--- 2^(failures - 1)); workers skip it until then, other targets are not held up.
+-- 2^(failures - 1)) (exponent capped at 30 so long outages cannot overflow the interval);
+-- workers skip it until then, other targets are not held up.
 -- Returns: retry_after (null after a success).
 create or replace function pyglue.record_sync_result(p_target_id bigint, p_error text default null,
                                                      p_base_delay interval default '2 seconds',
@@ -16,7 +17,7 @@ as $$
         last_error_at = case when p_error is null then t.last_error_at else now() end,
         consecutive_failures = case when p_error is null then 0 else t.consecutive_failures + 1 end,
         retry_after = case when p_error is null then null
-                           else now() + least(p_max_delay, p_base_delay * power(2, t.consecutive_failures)) end
+                           else now() + least(p_max_delay, p_base_delay * power(2, least(t.consecutive_failures, 30))) end
     where t.id = p_target_id
     returning t.retry_after;
 $$;

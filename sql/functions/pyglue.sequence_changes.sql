@@ -3,7 +3,9 @@
 -- Stamps flagged rows with ids of the global sequence pyglue.change_sequence and clears
 -- their flags, tombstones first and then every tracked table, at most p_batch_size rows
 -- of each; enqueues one sync request per affected tenancy; all in the caller's
--- transaction. Rows locked by open transactions are skipped (FOR UPDATE SKIP LOCKED):
+-- transaction. When a full batch of tombstones was stamped (more may wait), the pass
+-- stops there: every waiting tombstone gets a lower id than any live row stamped after
+-- it, which is what makes delete-then-recreate of a key end with the row present. Rows locked by open transactions are skipped (FOR UPDATE SKIP LOCKED):
 -- they keep their flag and get a higher id in a later pass, so the sequencer never waits
 -- on the application.
 --
@@ -15,7 +17,8 @@
 -- Returns: rows stamped (0 when nothing was flagged or the fusebox switch is off).
 -- Errors: 22023 batch size below 1; 25001 not READ COMMITTED (a snapshot taken before
 -- the lock would hide the previous pass).
--- Locks: advisory xact lock (pyglue.sequence_changes); row locks on stamped rows.
+-- Locks: advisory xact lock (pyglue.sequence_changes); FOR NO KEY UPDATE row locks on
+-- stamped rows (so it does not skip rows whose children are being inserted).
 create or replace function pyglue.sequence_changes(p_batch_size integer default 1000)
 returns bigint
 language plpgsql
@@ -46,7 +49,7 @@ begin
         where d.should_update_sequence_id
         order by d.id
         limit p_batch_size
-        for update skip locked
+        for no key update skip locked
     ), stamped as (
         update pyglue.deleted_rows d
         set sequence_id = nextval('pyglue.change_sequence'), should_update_sequence_id = false
@@ -61,13 +64,14 @@ begin
     for v_table in
         select t.table_name, t.tenancy_column
         from pyglue.tracked_tables t join pg_class c on c.oid = t.table_name
+        where v_count < p_batch_size  -- tombstones may still wait: live rows go next pass
         order by t.table_name::text
     loop
         execute format(
             'with stamped as ('
             '  update %1$s t set sequence_id = nextval(''pyglue.change_sequence''), should_update_sequence_id = false'
             '  where t.ctid = any (array('
-            '    select f.ctid from %1$s f where f.should_update_sequence_id limit $1 for update skip locked))'
+            '    select f.ctid from %1$s f where f.should_update_sequence_id limit $1 for no key update skip locked))'
             '  returning t.%2$I as tenancy_id)'
             ' select count(*), coalesce(array_agg(distinct s.tenancy_id), ''{}'') from stamped s',
             v_table.table_name, v_table.tenancy_column)

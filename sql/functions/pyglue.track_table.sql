@@ -7,9 +7,13 @@
 -- (rows removed by foreign-key cascades included). Idempotent: a second call changes
 -- nothing but the recorded tenancy column.
 --
+-- A primary key change writes a tombstone for the old key (row trigger, WHEN the key
+-- differs), so targets drop the old key.
+--
 -- Tenant isolation for sync mappings: grants SELECT to pyglue_mapping_reader and adds a
--- restrictive row-level security policy for that role keyed by the per-transaction
--- setting pyglue.tenancy_id. What other roles see does not change: if row-level security
+-- restrictive row-level security policy for that role keyed by pyglue._fetch_tenancy()
+-- (which a mapping query cannot change). Members of the role that are not currently
+-- acting as it are not restricted. What other roles see does not change: if row-level security
 -- was off, it is turned on with a permissive policy for everyone (using true); if the
 -- table already had its own policies, only the reader gets a permissive one.
 --
@@ -83,6 +87,13 @@ begin
     execute format(
         'create or replace trigger _900_pyglue_log_truncate before truncate on %s for each statement'
         ' execute function pyglue._tg_log_delete(%L, %L)', p_table, p_tenancy_column, v_key::text);
+    execute format(
+        'create or replace trigger _900_pyglue_log_key_change after update on %s for each row'
+        ' when ((%s) is distinct from (%s)) execute function pyglue._tg_log_key_change(%L, %L)',
+        p_table,
+        (select string_agg(format('old.%I', k), ', ') from unnest(v_key) as k),
+        (select string_agg(format('new.%I', k), ', ') from unnest(v_key) as k),
+        p_tenancy_column, v_key::text);
 
     -- row-level security for mapping reads (see the header)
     select t.rls_enabled_by_pyglue into v_rls_ours from pyglue.tracked_tables t where t.table_name = p_table;
@@ -95,7 +106,7 @@ begin
                    p_table, case when v_rls_ours then 'public' else 'pyglue_mapping_reader' end);
     execute format(
         'create policy pyglue_tenancy_isolation on %s as restrictive to pyglue_mapping_reader'
-        ' using (%I = nullif(current_setting(''pyglue.tenancy_id'', true), '''')::uuid)', p_table, p_tenancy_column);
+        ' using (current_user <> ''pyglue_mapping_reader'' or %I = pyglue._fetch_tenancy())', p_table, p_tenancy_column);
     execute format('alter table %s enable row level security', p_table);
 
     insert into pyglue.tracked_tables (table_name, tenancy_column, key_columns, rls_enabled_by_pyglue)

@@ -27,6 +27,7 @@ begin
     execute format('drop trigger if exists _100_pyglue_flag_change on %s', p_table);
     execute format('drop trigger if exists _900_pyglue_log_delete on %s', p_table);
     execute format('drop trigger if exists _900_pyglue_log_truncate on %s', p_table);
+    execute format('drop trigger if exists _900_pyglue_log_key_change on %s', p_table);
     if p_drop_columns then
         execute format('alter table %s drop column if exists sequence_id,'
                        ' drop column if exists should_update_sequence_id', p_table);

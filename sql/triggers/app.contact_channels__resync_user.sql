@@ -6,9 +6,12 @@
 -- Updates: row-level with a WHEN clause comparing the columns the user row shows, so the
 -- sequencer's own stamping of channels (which changes none of them) never calls the
 -- function, never builds transition tables and never re-flags the users.
+-- SECURITY DEFINER: a role allowed to change channels need not be allowed to update users.
 create or replace function app.tg_contact_channels__resync_user()
 returns trigger
 language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
 as $$
 begin
     if tg_level = 'ROW' then
