@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import psycopg
 import pytest
 
@@ -313,3 +316,33 @@ def test_a_page_whose_cursor_moved_is_not_applied(world):
             tables.apply(users, page, cursor - 1)  # as if another run had advanced it meanwhile
         assert tables.cursor(users) == cursor
     assert len(world.rows("users")) == 3
+
+
+def test_two_tenancies_first_syncs_into_one_empty_database_cannot_both_claim_it(world, connect):
+    other = f.tenancy(world.conn, "other")
+    with engine.target_connection(world.targets["main"]) as a, engine.target_connection(world.targets["main"]) as b:
+        first, second = TargetTables(a, world.tenancy), TargetTables(b, other)
+        a.execute("begin")
+        a.execute("select pg_advisory_xact_lock(hashtextextended('pyglue.sync:claim', 0))")  # first is mid-claim
+        claimer = threading.Thread(target=lambda: results.append(_claim(second)))
+        results: list = []
+        claimer.start()
+        time.sleep(0.3)
+        assert results == []  # the second tenancy waits for the first claim
+        a.execute("rollback")
+        results.append(_claim(first))
+        claimer.join(timeout=10)
+    assert sorted(r == "claimed" for r in results) == [False, True]
+    assert "refusing to sync tenancy" in next(r for r in results if r != "claimed")
+    # whichever came first owns the database; the other is refused
+    with psycopg.connect(world.targets["main"]) as c:
+        owners = {r[0] for r in c.execute("select tenancy_id from _pyglue_sync_metadata")}
+    assert len(owners) == 1
+
+
+def _claim(tables) -> str:
+    try:
+        tables.ensure_metadata()
+        return "claimed"
+    except PyglueError as exc:
+        return str(exc)

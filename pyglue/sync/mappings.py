@@ -24,9 +24,9 @@ from pyglue import paths, render
 from pyglue.errors import PyglueError
 
 DEFAULTS = paths.TEMPLATES / "mappings"
-# Mapping queries run read-only as a restricted role; these would let one change its own
-# session (role, tenancy setting) from inside the query, so they are refused outright.
-_FORBIDDEN = re.compile(r"\b(set_config|set\s+role|set\s+session|reset|dblink)\b", re.I)
+# A lint, not the protection (that is the fetch session row and the checks in
+# engine.fetch_page): obvious attempts to change the session from inside a mapping query.
+_FORBIDDEN = re.compile(r"\b(set_config|set\s+role|set\s+session|reset\s+(role|session|all)|dblink)\b", re.I)
 
 
 @dataclass(frozen=True)

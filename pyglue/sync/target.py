@@ -18,6 +18,7 @@ from pyglue.errors import PyglueError
 from pyglue.sync.mappings import Mapping
 
 METADATA = "_pyglue_sync_metadata"
+OWNER_ROW = ".tenancy"  # the metadata row that claims a target database for one tenancy (not a mapping name)
 
 
 class TargetBusy(PyglueError):
@@ -45,6 +46,7 @@ class TargetTables:
 
     def lock(self, timeout_s: float) -> None:
         """Serialize runs for this tenancy and target: session advisory lock, dropped with the connection."""
+        before = self.conn.execute("select current_setting('lock_timeout')").fetchone()[0]
         self.conn.execute("select set_config('lock_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
         try:
             self.conn.execute("select pg_advisory_lock(hashtextextended('pyglue.sync:' || %s, 0))",
@@ -52,18 +54,24 @@ class TargetTables:
         except psycopg.errors.LockNotAvailable:
             raise TargetBusy(f"another sync of tenancy {self.tenancy_id} into this target is running") from None
         finally:
-            self.conn.execute("reset lock_timeout")
+            self.conn.execute("select set_config('lock_timeout', %s, false)", (before,))
 
     def ensure_metadata(self) -> None:
-        """Create the cursor table once; refuse a database that holds another tenancy's data."""
+        """Create the cursor table once and claim the database for this tenancy; refuse a
+        database another tenancy has claimed. Claims are serialized database-wide, so two
+        tenancies' first syncs into one empty database cannot both pass the check."""
+        metadata = sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(METADATA))
         with self.conn.transaction():
+            self.conn.execute("select pg_advisory_xact_lock(hashtextextended('pyglue.sync:claim', 0))")
             exists = self.conn.execute("select to_regclass(%s) is not null",
-                                       (f"{sql.Identifier(self.schema).as_string(None)}.{METADATA}",)).fetchone()[0]
+                                       (metadata.as_string(self.conn),)).fetchone()[0]
             if not exists:
                 self.conn.execute(self._render_target("metadata.sql.j2"))
-            other = self.conn.execute(
-                sql.SQL("select tenancy_id from {}.{} where tenancy_id <> %s limit 1").format(
-                    sql.Identifier(self.schema), sql.Identifier(METADATA)), (self.tenancy_id,)).fetchone()
+            other = self.conn.execute(sql.SQL("select tenancy_id from {} where tenancy_id <> %s limit 1").format(
+                metadata), (self.tenancy_id,)).fetchone()
+            if not other:
+                self.conn.execute(sql.SQL("insert into {} (tenancy_id, mapping_name) values (%s, %s)"
+                                          " on conflict do nothing").format(metadata), (self.tenancy_id, OWNER_ROW))
         if other:
             raise PyglueError(f"target already holds data of tenancy {other[0]}; refusing to sync tenancy "
                               f"{self.tenancy_id} into it (one target database per tenancy)")

@@ -6,6 +6,8 @@
 -- (never failed) is pulled forward to the earlier time; one backing off after failures
 -- keeps its delay. The insert NOTIFYs pyglue_requests (trigger on the table).
 -- Returns: the id of the tenancy's pending request.
+-- Locks: waits on another transaction inserting a pending request of the same tenancy
+-- (unique index) until it ends.
 create or replace function pyglue.enqueue_sync(p_tenancy_id uuid, p_delay interval default '0')
 returns bigint
 language plpgsql

@@ -2,6 +2,7 @@
 -- shutting down). It becomes pending at once and the claim does not count as an attempt;
 -- if the tenancy has a pending request already, the two merge. Returns false when the
 -- request is not claimed by p_worker.
+-- Locks: the request row (FOR UPDATE).
 create or replace function pyglue.release_request(p_id bigint, p_worker text)
 returns boolean
 language plpgsql
