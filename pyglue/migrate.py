@@ -46,6 +46,48 @@ def migrate(
     report: Callable[[str], None] = lambda _line: None,
 ) -> list[str]:
     """Apply every pending migration; returns the ids this runner applied (often none)."""
+    def apply(backend, migrations) -> list[str]:
+        pending = backend.to_apply(migrations)
+        for migration in pending:
+            report(f"applying {migration.id}")
+            _run_step(backend.apply_one, migration)
+        if pending:
+            backend.run_post_apply(pending)
+        return [m.id for m in pending]
+
+    return _locked(dsn, directory, lock_timeout, break_lock, apply)
+
+
+def rollback(
+    dsn: str,
+    to: str | None,
+    directory: Path = paths.MIGRATIONS,
+    *,
+    lock_timeout: float = 300.0,
+    report: Callable[[str], None] = lambda _line: None,
+) -> list[str]:
+    """Roll back the applied migrations after `to` (all of them when `to` is None), newest
+    first; returns their ids. Each rollback runs in its own transaction."""
+    known = [m.id for m in read_migrations(str(directory))]
+    if to is not None and to not in known:
+        raise PyglueError(f"unknown migration {to!r}")
+
+    def undo(backend, migrations) -> list[str]:
+        keep = set(known[: known.index(to) + 1]) if to is not None else set()
+        done = []
+        for migration in backend.to_rollback(migrations):
+            if migration.id in keep:
+                continue
+            report(f"rolling back {migration.id}")
+            _run_step(backend.rollback_one, migration)
+            done.append(migration.id)
+        return done
+
+    return _locked(dsn, directory, lock_timeout, False, undo)
+
+
+def _locked(dsn: str, directory: Path, lock_timeout: float, break_lock: bool, work) -> list[str]:
+    """Run work(backend, migrations) under both locks (see the module docstring)."""
     migrations = read_migrations(str(directory))
     with db.connect(dsn, autocommit=True, application_name="pyglue migrate") as lock_conn:
         _take_advisory_lock(lock_conn, lock_timeout)
@@ -56,13 +98,7 @@ def migrate(
                 backend.break_lock()
             with lock_conn.transaction(force_rollback=True):
                 _hold_yoyo_lock(lock_conn, lock_timeout)
-                pending = backend.to_apply(migrations)
-                for migration in pending:
-                    report(f"applying {migration.id}")
-                    _apply_one(backend, migration)
-                if pending:
-                    backend.run_post_apply(pending)
-            return [m.id for m in pending]
+                return work(backend, migrations)
         finally:
             backend.connection.close()
 
@@ -162,11 +198,11 @@ def _backend(dsn: str):
         raise PyglueError(f"cannot connect to {dsns.describe(dsn)}: {dsns.scrub(str(exc).strip(), dsn)}") from None
 
 
-def _apply_one(backend, migration) -> None:
+def _run_step(step, migration) -> None:
     try:
         # yoyo prints the result of every SELECT in a migration to stdout; keep our output ours.
         with contextlib.redirect_stdout(io.StringIO()):
-            backend.apply_one(migration)
+            step(migration)
     except psycopg.Error as exc:
         message = (exc.diag.message_primary or str(exc)).strip()
         raise PyglueError(f"migration {migration.id} failed: {message}") from None

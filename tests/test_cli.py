@@ -101,3 +101,9 @@ def test_a_short_password_is_not_scrubbed_out_of_other_words():
     from pyglue import dsn as dsns
 
     assert dsns.scrub("response on port 5: failed for p", "host=x password=p") == "response on port 5: failed for ***"
+
+
+def test_db_rollback_needs_to_or_all(shared_db):
+    result = CliRunner().invoke(cli, ["--dsn", shared_db, "db", "rollback"])
+    assert result.exit_code == 2
+    assert "give exactly one of --to MIGRATION or --all" in result.output

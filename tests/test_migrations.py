@@ -188,3 +188,30 @@ def test_new_migration_copies_routines_and_chains_depends(tmp_path):
     assert migrate.check_names(tmp_path) == []
     with pytest.raises(PyglueError, match="invalid migration slug 'Bad-Slug'"):
         migrate.new_migration("Bad-Slug", [], tmp_path)
+
+
+@pytest.mark.parametrize("to", [None, "0005_track_app_tables", "0002_app_model"])
+def test_rollback_then_migrate_again_gives_the_same_schema(make_database, to):
+    fresh, cycled = make_database(), make_database()
+    migrate.migrate(fresh)
+    migrate.migrate(cycled)
+    undone = migrate.rollback(cycled, to)
+    kept = ALL[: ALL.index(to) + 1] if to else []
+    assert undone == list(reversed(ALL[len(kept):]))
+    assert [s.id for s in migrate.status(cycled) if s.applied] == kept
+    if to is None:
+        with psycopg.connect(cycled) as c:
+            assert c.execute("select count(*) from pg_namespace where nspname in ('pyglue', 'app', 'billing')"
+                             ).fetchone()[0] == 0
+    assert migrate.migrate(cycled) == ALL[len(kept):]
+    # a dropped and re-added column keeps its new place (Postgres never reuses attnums)
+    assert without_positions(catalog.snapshot(cycled)) == without_positions(catalog.snapshot(fresh))
+
+
+def without_positions(snapshot: dict) -> dict:
+    return {key: (value.split(" ", 1)[1] if key[0] == "column" else value) for key, value in snapshot.items()}
+
+
+def test_rollback_to_an_unknown_migration_is_refused(make_database):
+    with pytest.raises(PyglueError, match="unknown migration '0099_nope'"):
+        migrate.rollback(make_database(), "0099_nope")

@@ -58,6 +58,21 @@ def migrate_cmd(obj, migrations_dir: Path, lock_timeout: float, break_lock: bool
     click.echo(f"{len(applied)} migration(s) applied to {dsns.describe(obj.dsn)}")
 
 
+@db.command("rollback")
+@_migrations_dir
+@click.option("--to", "to", metavar="MIGRATION", help="Keep this migration and those before it; undo the rest.")
+@click.option("--all", "everything", is_flag=True, help="Undo every migration (drops pyglue's schemas and data).")
+@click.option("--lock-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for another migration run before giving up.")
+@click.pass_obj
+def rollback_cmd(obj, migrations_dir: Path, to: str | None, everything: bool, lock_timeout: float) -> None:
+    """Roll back migrations newer than --to (or --all), newest first."""
+    if (to is None) == (not everything):
+        raise click.UsageError("give exactly one of --to MIGRATION or --all")
+    undone = migrate.rollback(obj.dsn, to, migrations_dir, lock_timeout=lock_timeout, report=click.echo)
+    click.echo(f"{len(undone)} migration(s) rolled back in {dsns.describe(obj.dsn)}")
+
+
 @db.command("status")
 @_migrations_dir
 @click.pass_obj

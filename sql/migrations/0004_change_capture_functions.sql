@@ -1,6 +1,5 @@
 -- change capture functions: track_table, the sequencer, the queue and the fusebox, copied
 -- from sql/functions and sql/triggers (the drift test keeps the copies equal to the files).
--- no rollback: the rollback of 0003 drops what these functions work on; drop them with it.
 -- depends: 0003_change_capture_tables
 
 -- copied from sql/functions/pyglue.track_table.sql

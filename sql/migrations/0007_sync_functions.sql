@@ -2,7 +2,6 @@
 -- adds row-level security for the mapping reader (so the app tables are tracked again
 -- below), tombstone purging respects target cursors, and a primary email change re-syncs
 -- its user. Copies of sql/functions and sql/triggers (the drift test checks them).
--- no rollback: 0006's rollback removes what these work on; the old function versions
 -- are in 0004.
 -- depends: 0006_sync_tables
 

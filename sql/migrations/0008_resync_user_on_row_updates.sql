@@ -3,7 +3,6 @@
 -- stamped batch and re-flagged users whose channel was stamped in a later pass than the
 -- user, so those users were sequenced and synced twice. The UPDATE trigger is now
 -- row-level with a WHEN clause on the columns the user row shows.
--- no rollback: the previous definition is in 0007; re-running it restores it.
 -- depends: 0007_sync_functions
 
 -- copied from sql/triggers/app.contact_channels__resync_user.sql

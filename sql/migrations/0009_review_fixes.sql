@@ -5,7 +5,6 @@
 -- application roles need no rights on schema pyglue; backoff cannot overflow; a claim
 -- takes one request per tenancy; fail_request can be limited to the claiming worker (new
 -- signature: the old one is dropped); the sequencer locks rows FOR NO KEY UPDATE.
--- no rollback: the previous definitions are in 0004, 0007 and 0008.
 -- depends: 0008_resync_user_on_row_updates
 
 create unlogged table if not exists pyglue.fetch_sessions (
