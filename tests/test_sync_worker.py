@@ -27,7 +27,13 @@ def world(fresh_db, connect, make_database):
 
 def worker_process(dsn: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pyglue", "--dsn", dsn, "worker", *args], cwd=paths.ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    """Wait for a worker process; its exit code and what it logged (pipes closed)."""
+    _, err = process.communicate(timeout=timeout)
+    return process.returncode, err
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
@@ -126,7 +132,8 @@ def test_two_worker_processes_share_many_tenancies(fresh_db, connect, make_datab
     workers = [worker_process(fresh_db, "--until-idle", "--concurrency", "2", "--page-size", "100")
                for _ in range(2)]
     for w in workers:
-        assert w.wait(timeout=120) == 0, w.stderr.read()
+        code, err = finish(w)
+        assert code == 0, err
     for i, t in enumerate(tenancies):
         assert target_users(world, f"t{i}") == source_users(world.conn, t)
 
@@ -139,16 +146,17 @@ def test_kill_9_mid_sync_then_restart_ends_equal(world):
     final = world.conn.execute("select max(sequence_id) as m from app.users").fetchone()["m"]
     wait_for(lambda: 0 < target_cursor(world) < final, what="a partial sync")
     victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=10)
+    finish(victim, timeout=10)
     partial = target_cursor(world)
     assert 0 < partial < final and total_seq == 20000
 
     restarted = worker_process(world.dsn, "--until-idle", "--page-size", "5000", "--lease", "1")
-    assert restarted.wait(timeout=120) == 0, restarted.stderr.read()
+    code, err = finish(restarted)
+    assert code == 0, err
     if target_cursor(world) < final:  # the killed claim was still leased at restart: its lease has run out now
         time.sleep(1.1)
         again = worker_process(world.dsn, "--until-idle", "--lease", "1")
-        assert again.wait(timeout=120) == 0
+        assert finish(again)[0] == 0
     rows = world.rows("users")
     assert len(rows) == len({r["id"] for r in rows}) == 20000
     assert target_users(world) == source_users(world.conn, world.tenancy)
@@ -163,8 +171,8 @@ def test_sigterm_finishes_the_page_and_releases_the_claim(world):
     worker = worker_process(world.dsn, "--page-size", "200")
     wait_for(lambda: 0 < target_cursor(world) < final, what="a partial sync")
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=30) == 0
-    assert "stopped" in worker.stderr.read()
+    code, err = finish(worker, timeout=30)
+    assert code == 0 and "stopped" in err
     queue = world.conn.execute("select status, claimed_by, attempts from pyglue.outgoing_requests").fetchall()
     assert queue == [{"status": "pending", "claimed_by": None, "attempts": 0}]
     # what the target holds is exactly what its cursor covers
