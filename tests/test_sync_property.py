@@ -29,9 +29,10 @@ TARGET = {
     "team_member_profiles": "select team_id, user_id from team_member_profiles",
 }
 
+names = st.text(st.characters(exclude_characters="\x00"), max_size=8)  # Postgres text holds no NUL
 operation = st.one_of(
-    st.tuples(st.just("add_user"), st.text(max_size=8), st.booleans()),
-    st.tuples(st.just("rename"), st.integers(0, 50), st.text(max_size=8)),
+    st.tuples(st.just("add_user"), names, st.booleans()),
+    st.tuples(st.just("rename"), st.integers(0, 50), names),
     st.tuples(st.just("delete_user"), st.integers(0, 50)),
     st.tuples(st.just("recreate_user"), st.integers(0, 50)),
     st.tuples(st.just("verify"), st.integers(0, 50)),
