@@ -29,7 +29,7 @@ TARGET = {
     "team_member_profiles": "select team_id, user_id from team_member_profiles",
 }
 
-names = st.text(st.characters(exclude_characters="\x00"), max_size=8)  # Postgres text holds no NUL
+names = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=8)  # as Postgres text
 operation = st.one_of(
     st.tuples(st.just("add_user"), names, st.booleans()),
     st.tuples(st.just("rename"), st.integers(0, 50), names),
@@ -79,7 +79,8 @@ def rows(conn, query, *params) -> set[tuple]:
     return {tuple(r.values()) for r in conn.execute(query, params).fetchall()}
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, derandomize=True,  # the same examples on every CI run
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(operation, max_size=25))
 @example(ops=[("add_user", "a", True), ("sync", 3), ("recreate_user", 0), ("rename", 0, "b"), ("sync", 7)])
 @example(ops=[("add_user", "a", True), ("add_team", 0), ("sequence",), ("delete_user", 0), ("sync", 1)])
