@@ -116,6 +116,8 @@ class Worker:
             source = self._source()
             options = engine.Options(page_size=self.options.page_size, stop=self.stop,
                                      statement_timeout_ms=self.options.statement_timeout_ms,
+                                     # give up on a busy target well before the lease runs out
+                                     lock_timeout_s=min(60.0, self.options.lease_s / 2),
                                      on_page=lambda: self._renew(source, request_id))
             result = engine.sync_tenancy(source, tenancy, self.mappings, options)
             with source.transaction():
