@@ -2,9 +2,10 @@
 
 Per target: lock (tenancy, target) on the target, create the cursor table and mapping
 tables once, then page through each mapping: fetch a page in a read-only transaction as
-the restricted reader role with the tenancy setting and a statement timeout, reduce it to
-the last change per key, apply it to the target in one transaction with the cursor. A
-target that fails is recorded (error, backoff) and the others go on.
+the restricted reader role, limited to the tenancy by a fetch-session row the query cannot
+write (see fetch_page) and by a statement timeout, reduce it to the last change per key,
+apply it to the target in one transaction with the cursor. A target that fails is
+recorded (error, backoff) and the others go on.
 """
 
 from __future__ import annotations
