@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def tenancy(conn, project: str = "acme", branch: str | None = None) -> uuid.UUID:
@@ -50,3 +52,20 @@ def sequence_all(conn, batch_size: int = 10000) -> int:
     while n := conn.execute("select pyglue.sequence_changes(%s) as n", (batch_size,)).fetchone()["n"]:
         total += n
     return total
+
+
+@contextmanager
+def acting_role(conn, *grants: str, member_of: str | None = None, attributes: str = "") -> Iterator[str]:
+    """A throwaway role (cluster-wide, so uniquely named) with the given grants
+    ("... to {role}"), that the autocommit connection acts as until the block ends."""
+    role = f"pyglue_test_role_{uuid.uuid4().hex[:12]}"
+    conn.execute(f"create role {role} {attributes}" + (f" in role {member_of}" if member_of else ""))
+    try:
+        for grant in grants:
+            conn.execute(grant.format(role=role))
+        conn.execute(f"set role {role}")
+        yield role
+    finally:
+        conn.execute("reset role")
+        conn.execute(f"drop owned by {role}")
+        conn.execute(f"drop role {role}")

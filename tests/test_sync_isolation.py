@@ -56,18 +56,9 @@ def test_other_roles_see_what_they_saw_before(fresh_db, connect):
     t1, t2 = f.tenancy(c), f.tenancy(c)
     f.user(c, t1)
     f.user(c, t2)
-    role = f"pyglue_test_app_{abs(hash(fresh_db)) % 10**8}"
-    c.execute(f"create role {role}")
-    try:
-        c.execute(f"grant usage on schema app to {role}")
-        c.execute(f"grant select, update on app.users to {role}")
-        c.execute(f"set role {role}")
+    with f.acting_role(c, "grant usage on schema app to {role}", "grant select, update on app.users to {role}"):
         assert c.execute("select count(*) as n from app.users").fetchone()["n"] == 2
         assert c.execute("update app.users set display_name = 'x'").rowcount == 2
-    finally:
-        c.execute("reset role")
-        c.execute(f"drop owned by {role}")
-        c.execute(f"drop role {role}")
 
 
 def test_tracking_a_table_with_its_own_policies_does_not_widen_them(conn):
@@ -181,18 +172,10 @@ def test_a_fetch_that_switches_role_is_discarded(fresh_db, connect, make_databas
     assert world.rows("switcher") == []
 
 
-def test_members_of_the_reader_role_see_all_rows_when_not_acting_as_it(fresh_db, connect):
+def test_noinherit_members_of_the_reader_role_see_all_rows_when_not_acting_as_it(fresh_db, connect):
     c = connect(fresh_db, autocommit=True)
     for t in (f.tenancy(c), f.tenancy(c)):
         f.user(c, t)
-    role = f"pyglue_test_member_{abs(hash(fresh_db)) % 10**8}"
-    c.execute(f"create role {role} in role {READER}")
-    try:
-        c.execute(f"grant usage on schema app to {role}")
-        c.execute(f"grant select on app.users to {role}")
-        c.execute(f"set role {role}")
+    with f.acting_role(c, "grant usage on schema app to {role}", "grant select on app.users to {role}",
+                       member_of=READER, attributes="noinherit"):
         assert c.execute("select count(*) as n from app.users").fetchone()["n"] == 2
-    finally:
-        c.execute("reset role")
-        c.execute(f"drop owned by {role}")
-        c.execute(f"drop role {role}")

@@ -175,17 +175,8 @@ def test_an_application_role_without_rights_on_pyglue_can_delete_and_update(fres
     c = connect(fresh_db, autocommit=True)
     t = f.tenancy(c)
     u = f.user(c, t, email="a@example.com")
-    role = f"pyglue_test_app_{abs(hash(fresh_db)) % 10**8}"
-    c.execute(f"create role {role}")
-    try:
-        c.execute(f"grant usage on schema app to {role}")
-        c.execute(f"grant select, insert, update, delete on all tables in schema app to {role}")
-        c.execute(f"set role {role}")
+    with f.acting_role(c, "grant usage on schema app to {role}",
+                       "grant select, insert, update, delete on all tables in schema app to {role}"):
         c.execute("update app.contact_channels set is_verified = true")
         c.execute("delete from app.users where id = %s", (u,))
-        c.execute("reset role")
-        assert len(tombstones(c)) == 2
-    finally:
-        c.execute("reset role")
-        c.execute(f"drop owned by {role}")
-        c.execute(f"drop role {role}")
+    assert len(tombstones(c)) == 2

@@ -1,6 +1,6 @@
 -- review fixes: tenant isolation of mapping fetches no longer trusts a setting the query
 -- could change (policies compare against pyglue._fetch_tenancy(), fed by a row the fetch
--- cannot write); tombstones beyond one batch are never stamped after live rows; a primary
+-- cannot write; still an index condition); tombstones beyond one batch are never stamped after live rows; a primary
 -- key change leaves a tombstone for the old key; capture triggers run as their owner so
 -- application roles need no rights on schema pyglue; backoff cannot overflow; a claim
 -- takes one request per tenancy; fail_request can be limited to the claiming worker (new
@@ -118,8 +118,10 @@ comment on function pyglue._tg_log_key_change() is
 --
 -- Tenant isolation for sync mappings: grants SELECT to pyglue_mapping_reader and adds a
 -- restrictive row-level security policy for that role keyed by pyglue._fetch_tenancy()
--- (which a mapping query cannot change). Members of the role that are not currently
--- acting as it are not restricted. What other roles see does not change: if row-level security
+-- (which a mapping query cannot change; a stable function, so it is an index condition).
+-- The policy also binds roles that inherit from the reader: grant membership with
+-- NOINHERIT (owners and superusers are exempt from row-level security anyway).
+-- What other roles see does not change: if row-level security
 -- was off, it is turned on with a permissive policy for everyone (using true); if the
 -- table already had its own policies, only the reader gets a permissive one.
 --
@@ -212,7 +214,7 @@ begin
                    p_table, case when v_rls_ours then 'public' else 'pyglue_mapping_reader' end);
     execute format(
         'create policy pyglue_tenancy_isolation on %s as restrictive to pyglue_mapping_reader'
-        ' using (current_user <> ''pyglue_mapping_reader'' or %I = pyglue._fetch_tenancy())', p_table, p_tenancy_column);
+        ' using (%I = pyglue._fetch_tenancy())', p_table, p_tenancy_column);
     execute format('alter table %s enable row level security', p_table);
 
     insert into pyglue.tracked_tables (table_name, tenancy_column, key_columns, rls_enabled_by_pyglue)
@@ -568,7 +570,7 @@ create or replace trigger _500_resync_user_delete
 
 drop policy if exists pyglue_tenancy_isolation on pyglue.deleted_rows;
 create policy pyglue_tenancy_isolation on pyglue.deleted_rows as restrictive to pyglue_mapping_reader
-    using (current_user <> 'pyglue_mapping_reader' or tenancy_id = pyglue._fetch_tenancy());
+    using (tenancy_id = pyglue._fetch_tenancy());
 
 -- re-track the app tables: new policies and the key-change trigger
 select pyglue.track_table('app.users');
