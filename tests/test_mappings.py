@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from pyglue import paths
+from pyglue import paths, queries
 from pyglue.errors import PyglueError
 from pyglue.sync import mappings
 from tests import factories as f
@@ -67,3 +67,28 @@ def test_custom_example_mapping_exports_only_verified_users(fresh_db, connect, m
     c.execute("update app.contact_channels set is_verified = (user_id = %s) where tenancy_id = %s", (unverified, t))
     world.sync(names=["verified_users"], extra_dirs=[EXAMPLES])
     assert [r["id"] for r in world.rows("verified_users")] == [unverified]
+
+
+def test_users_fetch_reads_pages_by_index_and_probes_emails_by_tenancy_and_user(conn):
+    """The plan a fetch gets for a tenancy the statistics have not seen: the page comes from
+    the (tenancy, sequence_id) index and each email lookup is an index probe on tenancy and
+    user (a regression here turned a 1M-user sync into statement timeouts)."""
+    t = f.tenancy(conn)
+    f.users_bulk(conn, t, 200)
+    conn.execute("insert into app.contact_channels (tenancy_id, user_id, type, value, is_primary)"
+                 " select tenancy_id, id, 'email', id::text, true from app.users where tenancy_id = %s", (t,))
+    f.sequence_all(conn)
+    conn.execute("analyze app.users, app.contact_channels")
+    t2 = f.tenancy(conn)
+    f.users_bulk(conn, t2, 50)  # rows of a tenancy that is not in the statistics yet
+    f.sequence_all(conn)
+    users = mappings.select(mappings.load_all(), ["users"])[0]
+    conn.execute(queries.load("open_fetch_session"), {"tenancy_id": t2})
+    conn.execute("set local role pyglue_mapping_reader")
+    plan = [r["QUERY PLAN"] for r in conn.execute("explain (costs off) " + users.fetch_sql,
+                                                   {"tenancy_id": t2, "cursor": 0, "limit": 5000})]
+    text = "\n".join(plan)
+    assert "users_pyglue_sequence_idx" in text, text
+    lookup = next(i for i, line in enumerate(plan) if "on contact_channels e" in line)
+    condition = next(line for line in plan[lookup:] if "Index Cond" in line)
+    assert "tenancy_id" in condition and "user_id" in condition, text

@@ -12,7 +12,9 @@
 --
 -- Tenant isolation for sync mappings: grants SELECT to pyglue_mapping_reader and adds a
 -- restrictive row-level security policy for that role keyed by pyglue._fetch_tenancy()
--- (which a mapping query cannot change; a stable function, so it is an index condition).
+-- (which a mapping query cannot change), called once per query through a sub-select so
+-- it is an index condition next to the query's own (called per row, the planner kept
+-- the email lookup of the users mapping from using tenancy and user together).
 -- The policy also binds roles that inherit from the reader: grant membership with
 -- NOINHERIT (owners and superusers are exempt from row-level security anyway).
 -- What other roles see does not change: if row-level security
@@ -108,7 +110,7 @@ begin
                    p_table, case when v_rls_ours then 'public' else 'pyglue_mapping_reader' end);
     execute format(
         'create policy pyglue_tenancy_isolation on %s as restrictive to pyglue_mapping_reader'
-        ' using (%I = pyglue._fetch_tenancy())', p_table, p_tenancy_column);
+        ' using (%I = (select pyglue._fetch_tenancy()))', p_table, p_tenancy_column);
     execute format('alter table %s enable row level security', p_table);
 
     insert into pyglue.tracked_tables (table_name, tenancy_column, key_columns, rls_enabled_by_pyglue)
