@@ -8,6 +8,8 @@ import time
 import psycopg
 import pytest
 
+from pyglue import capture
+
 from tests import factories as f
 
 READ_ALL = """
@@ -277,3 +279,15 @@ def test_tombstones_beyond_one_batch_are_still_stamped_before_live_rows(conn):
         "select primary_key->>'id' as k, sequence_id from pyglue.deleted_rows")}
     live = conn.execute("select sequence_id from app.users where id = %s", (second,)).fetchone()["sequence_id"]
     assert max(stones.values()) < live
+
+
+def test_a_non_waiting_pass_returns_at_once_while_another_runs(db, connect):
+    f.user(db["conn"], db["tenancy"])
+    holder = connect(db["dsn"])
+    assert sequence(holder) == 1  # holds the sequencer lock until it commits
+    f.user(db["conn"], db["tenancy"])
+    started = time.monotonic()
+    assert capture.sequence_pass(db["conn"], 100, wait=False) == 0
+    assert time.monotonic() - started < 2
+    holder.commit()
+    assert capture.sequence_pass(db["conn"], 100, wait=False) == 1
