@@ -18,11 +18,15 @@ def connect(dsn: str, *, autocommit: bool = False, application_name: str = "pygl
             dsn, autocommit=autocommit, row_factory=row_factory, application_name=application_name, **kwargs
         )
     except psycopg.OperationalError as exc:
-        reason = _first_line(exc)
-        raise PyglueError(f"cannot connect to {dsns.describe(dsn)}: {dsns.scrub(reason, dsn)}") from None
+        raise connection_error(dsn, exc) from None
 
 
-def _first_line(exc: BaseException) -> str:
+def connection_error(dsn: str, exc: BaseException) -> PyglueError:
+    """'cannot connect to <db on host:port>: <reason>', never the DSN or its password."""
+    return PyglueError(f"cannot connect to {dsns.describe(dsn)}: {dsns.scrub(_reason(exc), dsn)}")
+
+
+def _reason(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     # libpq repeats "connection to server ... failed:" before the reason; keep the reason.
     return lines[-1] if lines else type(exc).__name__

@@ -67,6 +67,16 @@ def scrub(message: str, *dsns: str) -> str:
     return redact(message)
 
 
+def error_line(exc: BaseException, *dsns: str) -> str:
+    """An exception as one line for users and logs: Postgres's primary message when there is
+    one, white space folded, passwords of the given DSNs (and DSN-shaped ones) removed."""
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        text = exc.diag.message_primary
+    else:
+        text = str(exc)
+    return scrub(" ".join(text.split()), *dsns)
+
+
 def _shape(dsn: str) -> str:
     """What kind of connection string it is, without any of its values."""
     if "://" in dsn:

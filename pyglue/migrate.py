@@ -195,7 +195,7 @@ def _backend(dsn: str):
     try:
         return get_backend(dsns.to_yoyo_url(make_conninfo(dsn, options=options)))
     except psycopg.OperationalError as exc:
-        raise PyglueError(f"cannot connect to {dsns.describe(dsn)}: {dsns.scrub(str(exc).strip(), dsn)}") from None
+        raise db.connection_error(dsn, exc) from None
 
 
 def _run_step(step, migration) -> None:

@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except (PyglueError, psycopg.Error, OSError) as exc:
         _show_traceback(verbose)
-        click.echo(f"error: {_one_line(exc)}", err=True)
+        click.echo(f"error: {dsns.error_line(exc)}", err=True)
         sys.exit(1)
     except Exception as exc:  # a bug: still one line, the traceback with -v
         _show_traceback(verbose)
-        click.echo(f"error: internal error ({type(exc).__name__}: {_one_line(exc)}); rerun with -v for details",
+        click.echo(f"error: internal error ({type(exc).__name__}: {dsns.error_line(exc)}); rerun with -v for details",
                    err=True)
         sys.exit(1)
 
@@ -68,15 +68,6 @@ def _show_traceback(verbose: bool) -> None:
         import traceback
 
         traceback.print_exc()
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
-        text = exc.diag.message_primary
-    else:
-        text = str(exc)
-    text = " ".join(text.split())
-    return dsns.redact(text)
 
 
 from pyglue.cli import capture as _capture  # noqa: E402  (register command groups)

@@ -135,7 +135,7 @@ def sync_tenancy(source: psycopg.Connection, tenancy_id: uuid.UUID, mappings: li
             result.stopped = True
             break
         except (PyglueError, psycopg.Error, OSError) as exc:
-            outcome.error = _one_line(exc, target["connection_string"])
+            outcome.error = dsns.error_line(exc, target["connection_string"])
             _record(source, target["id"], outcome.error)
             continue
         _record(source, target["id"], None)
@@ -235,14 +235,6 @@ def reduce_page(mapping: Mapping, names: list[str], rows: list[tuple]) -> Page:
 def _record(source: psycopg.Connection, target_id: int, error: str | None) -> None:
     with source.transaction():
         source.execute("select pyglue.record_sync_result(%s, %s)", (target_id, error))
-
-
-def _one_line(exc: BaseException, *secrets: str) -> str:
-    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
-        text = exc.diag.message_primary
-    else:
-        text = str(exc)
-    return dsns.scrub(" ".join(text.split()), *secrets)
 
 
 def sync_until_caught_up(dsn: str, tenancy_id: uuid.UUID, mappings: list[Mapping],

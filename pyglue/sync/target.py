@@ -60,7 +60,7 @@ class TargetTables:
         """Create the cursor table once and claim the database for this tenancy; refuse a
         database another tenancy has claimed. Claims are serialized database-wide, so two
         tenancies' first syncs into one empty database cannot both pass the check."""
-        metadata = sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(METADATA))
+        metadata = self._metadata()
         with self.conn.transaction():
             self.conn.execute("select pg_advisory_xact_lock(hashtextextended('pyglue.sync:claim', 0))")
             exists = self.conn.execute("select to_regclass(%s) is not null",
@@ -92,8 +92,8 @@ class TargetTables:
             self.conn.execute(sql.SQL("revoke all on {} from public").format(table))
             self.conn.execute(sql.SQL("grant select on {} to public").format(table))
             self.conn.execute(
-                sql.SQL("insert into {}.{} (tenancy_id, mapping_name) values (%s, %s)").format(
-                    sql.Identifier(self.schema), sql.Identifier(METADATA)), (self.tenancy_id, mapping.name))
+                sql.SQL("insert into {} (tenancy_id, mapping_name) values (%s, %s)").format(self._metadata()),
+                (self.tenancy_id, mapping.name))
             return 0
 
     def cursor(self, mapping: Mapping) -> int:
@@ -115,16 +115,15 @@ class TargetTables:
             if page.upserts:
                 self._upsert(mapping, page.columns, page.upserts)
             self.conn.execute(
-                sql.SQL("update {}.{} set last_synced_sequence_id = %s, updated_at = now()"
-                        " where tenancy_id = %s and mapping_name = %s").format(
-                    sql.Identifier(self.schema), sql.Identifier(METADATA)),
+                sql.SQL("update {} set last_synced_sequence_id = %s, updated_at = now()"
+                        " where tenancy_id = %s and mapping_name = %s").format(self._metadata()),
                 (page.last_sequence_id, self.tenancy_id, mapping.name))
 
     # -- helpers -------------------------------------------------------------------------
 
     def _cursor(self, mapping: Mapping, lock: bool) -> int | None:
-        query = sql.SQL("select last_synced_sequence_id from {}.{} where tenancy_id = %s and mapping_name = %s{}").format(
-            sql.Identifier(self.schema), sql.Identifier(METADATA), sql.SQL(" for update" if lock else ""))
+        query = sql.SQL("select last_synced_sequence_id from {} where tenancy_id = %s and mapping_name = %s{}").format(
+            self._metadata(), sql.SQL(" for update" if lock else ""))
         row = self.conn.execute(query, (self.tenancy_id, mapping.name)).fetchone()
         return None if row is None else row[0]
 
@@ -136,6 +135,9 @@ class TargetTables:
                 (self._table(mapping).as_string(self.conn),)).fetchall()
             self._column_types[mapping.name] = dict(rows)
         return self._column_types[mapping.name]
+
+    def _metadata(self) -> sql.Composable:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(METADATA))
 
     def _table(self, mapping: Mapping) -> sql.Composable:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(mapping.target_table))
