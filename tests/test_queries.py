@@ -9,7 +9,7 @@ import pytest
 
 from pyglue import queries
 
-SAMPLES = {"tenancy_id": uuid.uuid4(), "project": "demo", "users": 10}
+SAMPLES = {"tenancy_id": uuid.uuid4(), "project": "demo", "users": 10, "busy_retry_s": 1.0}
 NAMES = sorted(p.stem for p in queries.FOLDER.glob("*.sql"))
 
 

@@ -46,6 +46,7 @@ class TargetResult:
     rows: int = 0
     error: str | None = None
     skipped: str | None = None
+    busy: bool = False  # skipped because another run holds the target
 
 
 @dataclass
@@ -80,6 +81,7 @@ _AS_TEXT = ("json", "jsonb", "numeric", "timestamptz", "timestamp", "date", "tim
 def source_connection(dsn: str) -> psycopg.Connection:
     """A source connection for fetching: values that need it arrive as their exact text."""
     conn = db.connect(dsn, application_name="pyglue sync")
+    check_for_dead_client(conn)
     for name in _AS_TEXT:
         conn.adapters.register_loader(name, TextLoader)
     return conn
@@ -93,17 +95,31 @@ def target_connection(dsn: str) -> psycopg.Connection:
     conn = db.connect(dsn, autocommit=True, application_name="pyglue sync", row_factory=psycopg.rows.tuple_row,
                       **extra)
     conn.execute("select set_config('statement_timeout', '300s', false), set_config('lock_timeout', '60s', false)")
+    check_for_dead_client(conn)
     return conn
 
+
+def check_for_dead_client(conn: psycopg.Connection) -> None:
+    """Have the server check every second that the client is still there while a statement
+    runs, so the session of a killed worker ends (and its claim and locks with it) within a
+    second instead of when the statement finishes."""
+    with conn.transaction():
+        conn.execute("select set_config('client_connection_check_interval', '1000', false)")
 
 TARGET_CONNECT_DEFAULTS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
                            "keepalives_interval": 10, "keepalives_count": 3}
 
 
 def register_mappings(source: psycopg.Connection, mappings: list[Mapping]) -> None:
+    """Tell the database each mapping's source table and install the re-flag triggers of the
+    tables it reads beside it (both idempotent: no DDL when nothing changed)."""
     with source.transaction():
         for m in mappings:
             source.execute("select pyglue.register_mapping(%s, %s::regclass)", (m.name, m.source_table))
+            for dep in m.depends_on:
+                source.execute("select pyglue.track_dependency(%s::regclass, %s::regclass, %s::name[], %s::name[],"
+                               " %s::name[])", (dep.table, m.source_table, [c for c, _ in dep.columns],
+                                                [s for _, s in dep.columns], list(dep.watch) or None))
 
 
 def enabled_targets(source: psycopg.Connection, tenancy_id: uuid.UUID) -> list[dict]:
@@ -126,7 +142,7 @@ def sync_tenancy(source: psycopg.Connection, tenancy_id: uuid.UUID, mappings: li
         try:
             outcome.rows = sync_target(source, tenancy_id, target, mappings, options)
         except TargetBusy as exc:  # another run holds this target: not the target's fault
-            outcome.skipped = str(exc)
+            outcome.skipped, outcome.busy = str(exc), True
             continue
         except SyncDisabled:
             result.sync_disabled = True
@@ -154,6 +170,8 @@ def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict,
         tables.ensure_metadata()
         for mapping in mappings:
             cursor = tables.ensure_mapping(mapping)
+            # the mirror may lag the target's own cursor (a sync killed between the two writes)
+            _mirror_cursor(source, target["id"], mapping, cursor)
             while True:
                 if options.stop.is_set():
                     raise Stopped()
@@ -162,8 +180,7 @@ def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict,
                     break
                 tables.apply(mapping, page, cursor)
                 cursor = page.last_sequence_id
-                with source.transaction():
-                    source.execute("select pyglue.record_sync_cursor(%s, %s, %s)", (target["id"], mapping.name, cursor))
+                _mirror_cursor(source, target["id"], mapping, cursor)
                 applied += page.fetched
                 options.on_rows(page.fetched)
                 options.on_page()
@@ -201,7 +218,8 @@ def fetch_page(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping: Mappi
                 raise PyglueError(f"mapping {mapping.name}: fetch failed: {exc.diag.message_primary or exc}") from None
     finally:
         with source.transaction():
-            source.execute("select pg_advisory_unlock_all(); reset role; reset all")
+            source.execute("select pg_advisory_unlock_all(); reset role; reset all;"
+                           " set client_connection_check_interval = 1000")
     if (after["role"], after["tenancy"]) != (READER_ROLE, tenancy_id):
         raise PyglueError(f"mapping {mapping.name}: the fetch changed its session (role {after['role']}); "
                           "page discarded")
@@ -232,6 +250,11 @@ def reduce_page(mapping: Mapping, names: list[str], rows: list[tuple]) -> Page:
     return Page(columns, upserts, deletes, rows[-1][0], len(rows))
 
 
+def _mirror_cursor(source: psycopg.Connection, target_id: int, mapping: Mapping, cursor: int) -> None:
+    with source.transaction():
+        source.execute("select pyglue.record_sync_cursor(%s, %s, %s)", (target_id, mapping.name, cursor))
+
+
 def _record(source: psycopg.Connection, target_id: int, error: str | None) -> None:
     with source.transaction():
         source.execute("select pyglue.record_sync_result(%s, %s)", (target_id, error))
@@ -250,7 +273,7 @@ def sync_until_caught_up(dsn: str, tenancy_id: uuid.UUID, mappings: list[Mapping
             for t in round_.targets:
                 seen = by_name.setdefault(t.name, TargetResult(t.name))
                 seen.rows += t.rows
-                seen.error, seen.skipped = t.error, t.skipped
+                seen.error, seen.skipped, seen.busy = t.error, t.skipped, t.busy
             total.sync_disabled, total.stopped = round_.sync_disabled, round_.stopped
             if round_.rows == 0 or round_.sync_disabled or round_.stopped or round_.failed:
                 break

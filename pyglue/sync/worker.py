@@ -26,6 +26,8 @@ from pyglue.errors import PyglueError
 from pyglue.sync import engine
 from pyglue.sync.mappings import Mapping
 
+BUSY_RETRY_S = 1.0  # a target another run holds is tried again this soon
+
 
 @dataclass
 class WorkerOptions:
@@ -75,6 +77,7 @@ class Worker:
         in_flight: dict[Future, dict] = {}
         with db.connect(self.dsn, autocommit=True, application_name="pyglue worker") as control, \
                 ThreadPoolExecutor(opts.concurrency, thread_name_prefix="pyglue-sync") as pool:
+            engine.check_for_dead_client(control)
             control.execute("listen pyglue_requests")
             self.log(f"worker {self.id} started (concurrency {opts.concurrency})")
             while not self.stop.is_set():
@@ -119,25 +122,33 @@ class Worker:
                                      # give up on a busy target well before the lease runs out
                                      lock_timeout_s=min(60.0, self.options.lease_s / 2),
                                      on_page=lambda: self._renew(source, request_id))
+            self._renew(source, request_id)  # the claim now lives and dies with this thread's session
             result = engine.sync_tenancy(source, tenancy, self.mappings, options)
             with source.transaction():
                 if result.stopped or result.sync_disabled:
-                    source.execute("select pyglue.release_request(%s, %s)", (request_id, self.id))
+                    released = source.execute("select pyglue.release_request(%s, %s) as ok",
+                                              (request_id, self.id)).fetchone()["ok"]
+                    if not released and not result.sync_disabled:  # lost to another worker: keep the work queued
+                        source.execute("select pyglue.enqueue_sync(%s)", (tenancy,))
                     return
                 source.execute("select pyglue.complete_request(%s, %s)", (request_id, self.id))
-                if result.failed or any(t.skipped for t in result.targets):
-                    source.execute(queries.load("schedule_target_retry"), {"tenancy_id": tenancy})
+                busy = any(t.busy for t in result.targets)
+                if result.failed or busy or any(t.skipped for t in result.targets):
+                    source.execute(queries.load("schedule_target_retry"),
+                                   {"tenancy_id": tenancy, "busy_retry_s": BUSY_RETRY_S if busy else None})
             for t in result.targets:
-                if t.rows or t.error:
+                if t.rows or t.error or t.busy:
                     self.log(f"tenancy {tenancy} target {t.name}: {t.rows} row(s)"
-                             + (f", error: {t.error}" if t.error else ""))
+                             + (f", error: {t.error}" if t.error else "")
+                             + (f", skipped: {t.skipped}; retrying in {BUSY_RETRY_S:g}s" if t.busy else ""))
         except Exception as exc:  # the source itself failed: back off through the queue
             message = dsns.redact(" ".join(str(exc).split()))[:500]
             self.log(f"tenancy {tenancy}: sync failed: {message}")
             self._fail(request_id, message)
 
     def _renew(self, source: psycopg.Connection, request_id: int) -> None:
-        """Renew the lease after a page; a lease lost to another worker stops this sync."""
+        """Renew the lease (and make this session its holder) after a page; a lease lost to
+        another worker stops this sync."""
         with source.transaction():
             held = source.execute("select pyglue.extend_lease(%s, %s, make_interval(secs => %s)) as held",
                                   (request_id, self.id, self.options.lease_s)).fetchone()["held"]

@@ -1,7 +1,10 @@
 -- pyglue.claim_requests(p_worker, p_limit, p_lease): take due requests, oldest first.
 --
--- Due: pending with run_after reached, or claimed by a worker whose lease expired (a
--- crashed worker's claims come back this way). Tenancies another worker holds under a
+-- Due: pending with run_after reached, or claimed by a worker whose lease expired or
+-- whose database session is gone (a killed worker's claims come back as soon as the server
+-- has closed its connections; the lease is the fallback for a worker that hangs while
+-- connected). The claiming session is recorded as the holder (pyglue.extend_lease moves
+-- it to the session that does the work). Tenancies another worker holds under a
 -- live lease are left alone, and one call claims at most one request per tenancy (an
 -- expired claim and a newer pending request of one tenancy never run side by side).
 -- Concurrent claimers never block each other or take the same request (FOR UPDATE SKIP
@@ -25,11 +28,13 @@ begin
     with due as (
         select r.id from pyglue.outgoing_requests r
         where ((r.status = 'pending' and r.run_after <= now())
-               or (r.status = 'claimed' and r.lease_expires_at < now()))
+               or (r.status = 'claimed' and (r.lease_expires_at < now()
+                                              or not pyglue._session_alive(r.holder_pid, r.holder_started))))
           and not exists (
               select 1 from pyglue.outgoing_requests o
               where o.tenancy_id = r.tenancy_id and o.id <> r.id
-                and o.status = 'claimed' and o.lease_expires_at >= now())
+                and o.status = 'claimed' and o.lease_expires_at >= now()
+                and pyglue._session_alive(o.holder_pid, o.holder_started))
         order by r.created_at, r.id
         limit p_limit
         for update of r skip locked
@@ -40,7 +45,9 @@ begin
     ), claimed as (
         update pyglue.outgoing_requests r
         set status = 'claimed', claimed_by = p_worker, claimed_at = now(),
-            lease_expires_at = now() + p_lease, attempts = r.attempts + 1
+            lease_expires_at = now() + p_lease, attempts = r.attempts + 1,
+            holder_pid = pg_backend_pid(),
+            holder_started = (select a.backend_start from pg_stat_get_activity(pg_backend_pid()) a)
         from one_per_tenancy c where r.id = c.id
         returning r.*
     )

@@ -2,11 +2,14 @@
 -- Null p_error: success (failures reset, last_success_at set). Otherwise the error is kept
 -- and the target backs off: retry_after = now() + least(p_max_delay, p_base_delay *
 -- 2^(failures - 1)) (exponent capped at 30 so long outages cannot overflow the interval);
--- workers skip it until then, other targets are not held up.
+-- workers skip it until then, other targets are not held up. The cap is short (15 s): a
+-- retry costs one connection attempt, and a target back from an outage should not wait
+-- minutes. last_error and last_error_at are kept after a success (the history);
+-- consecutive_failures > 0 is what "failing" means.
 -- Returns: retry_after (null after a success).
 create or replace function pyglue.record_sync_result(p_target_id bigint, p_error text default null,
                                                      p_base_delay interval default '2 seconds',
-                                                     p_max_delay interval default '5 minutes')
+                                                     p_max_delay interval default '15 seconds')
 returns timestamptz
 language sql
 set search_path = pg_catalog, pg_temp

@@ -5,13 +5,17 @@
 -- its tombstones that are past the target's cursor or not yet sequenced (index scans on
 -- (tenancy, sequence_id) and the flagged partial index). Queue columns describe the
 -- tenancy's requests: queue_depth (pending + claimed), dead_requests, and the age of the
--- oldest pending one. Never shows connection strings.
+-- oldest pending one. failing: the target's last sync failed (last_error and
+-- last_error_at stay as history after a success). oldest_unapplied_age: how long ago the
+-- oldest change past the target's cursor was sequenced (null when there is none yet),
+-- which is the target's lag. Never shows connection strings.
 create or replace function pyglue.sync_status(p_tenancy_id uuid default null)
 returns table (
     tenancy_id uuid, target_name text, enabled boolean, mapping_name text,
     last_synced_sequence_id bigint, pending_rows bigint, last_success_at timestamptz,
     last_error text, last_error_at timestamptz, retry_after timestamptz,
-    queue_depth bigint, dead_requests bigint, oldest_pending_age interval)
+    queue_depth bigint, dead_requests bigint, oldest_pending_age interval,
+    failing boolean, oldest_unapplied_age interval)
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
@@ -20,10 +24,11 @@ declare
     v_row record;
     v_live bigint;
     v_dead bigint;
+    v_oldest bigint;
 begin
     for v_row in
         select t.id as target_id, t.tenancy_id, t.name, t.enabled, t.last_success_at, t.last_error,
-               t.last_error_at, t.retry_after, m.name as mapping_name, m.source_table,
+               t.last_error_at, t.retry_after, t.consecutive_failures > 0 as failing, m.name as mapping_name, m.source_table,
                tt.tenancy_column, coalesce(c.last_synced_sequence_id, 0) as cursor,
                q.depth, q.dead, q.oldest
         from pyglue.sync_targets t
@@ -45,6 +50,15 @@ begin
         select count(*) into v_dead from pyglue.deleted_rows d
         where d.tenancy_id = v_row.tenancy_id and d.table_name = v_row.source_table
           and (d.sequence_id > v_row.cursor or d.should_update_sequence_id);
+        execute format('select min(sequence_id) from %s where %I = $1 and sequence_id > $2',
+                       v_row.source_table, v_row.tenancy_column)
+        into v_oldest using v_row.tenancy_id, v_row.cursor;
+        v_oldest := least(v_oldest, (select min(d.sequence_id) from pyglue.deleted_rows d
+                                     where d.tenancy_id = v_row.tenancy_id and d.table_name = v_row.source_table
+                                       and d.sequence_id > v_row.cursor));
+        oldest_unapplied_age := now() - (select m.stamped_at from pyglue.sequence_marks m
+                                         where m.last_id >= v_oldest order by m.last_id limit 1);
+        failing := v_row.failing;
         tenancy_id := v_row.tenancy_id;
         target_name := v_row.name;
         enabled := v_row.enabled;
@@ -64,4 +78,4 @@ end;
 $$;
 
 comment on function pyglue.sync_status(uuid) is
-    'Per sync target and mapping: cursor, pending changes in rows, last success and error, queue depth, dead requests, oldest pending age.';
+    'Per sync target and mapping: cursor, pending changes in rows, last success and error, whether failing, lag, queue depth, dead requests.';

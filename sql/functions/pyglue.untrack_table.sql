@@ -1,7 +1,7 @@
 -- pyglue.untrack_table(p_table, p_drop_columns): stop capturing changes of a table.
 --
 -- Drops the pyglue triggers and policies (turning row-level security off again if
--- track_table turned it on) and forgets the table; with p_drop_columns also drops
+-- track_table turned it on) and the dependencies declared for it, and forgets the table; with p_drop_columns also drops
 -- sequence_id, should_update_sequence_id and their indexes. Its tombstones stay in
 -- pyglue.deleted_rows until purged. Returns false when the table was not tracked.
 -- Locks: ACCESS EXCLUSIVE on p_table.
@@ -18,6 +18,8 @@ begin
     if not found then
         return false;
     end if;
+    perform pyglue.untrack_dependency(d.dependent_table, d.source_table)
+    from pyglue.dependencies d where d.source_table = p_table;
     execute format('drop policy if exists pyglue_visible on %s', p_table);
     execute format('drop policy if exists pyglue_tenancy_isolation on %s', p_table);
     if v_rls_ours then
