@@ -11,7 +11,7 @@ import click
 from pyglue import db
 from pyglue.errors import PyglueError
 from pyglue.progress import Progress
-from pyglue.sync import engine, mappings, targets
+from pyglue.sync import engine, mappings, targets, verify
 
 TENANT = click.option("--tenant", "tenant", type=click.UUID, required=True, help="Tenancy id (uuid).")
 MAPPINGS_DIR = click.option("--mappings-dir", "mappings_dirs", multiple=True,
@@ -83,6 +83,30 @@ def targets_remove(obj, tenant: uuid.UUID, name: str) -> None:
     with db.connect(obj.dsn) as conn:
         targets.remove(conn, tenant, name)
     click.echo(f"target {name} removed")
+
+
+@targets_group.command("verify")
+@TENANT
+@click.option("--repair", is_flag=True,
+              help="Re-send the differing rows (upsert lost and stale, delete extra) under the sync lock.")
+@click.option("--mapping", "mapping_names", multiple=True, help="Only these mappings (repeatable).")
+@MAPPINGS_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def targets_verify(obj, tenant: uuid.UUID, repair: bool, mapping_names: tuple[str, ...],
+                   mappings_dirs: tuple[Path, ...], as_json: bool) -> None:
+    """Compare each enabled target's tables with what the mappings compute from the source:
+    lost, stale and extra rows (changes not synced yet are pending, not differences).
+    Exit 1 if a table differs (and --repair was not given) or a target failed."""
+    chosen = mappings.select(mappings.load_all(list(mappings_dirs)), list(mapping_names))
+    result = verify.verify_tenancy(obj.dsn, tenant, chosen, verify.VerifyOptions(repair=repair))
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        for line in result.lines():
+            click.echo(line)
+    if problem := result.problem():
+        raise PyglueError(problem)
 
 
 @click.command("sync")
