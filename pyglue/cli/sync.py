@@ -116,11 +116,13 @@ def targets_verify(obj, tenant: uuid.UUID, repair: bool, mapping_names: tuple[st
 @click.option("--page-size", type=click.IntRange(min=1), default=5000, show_default=True,
               help="Rows per page; each page is one target transaction.")
 @STATEMENT_TIMEOUT
+@click.option("--lock-wait", type=click.FloatRange(min=0.1, max=3600), default=10.0, show_default=True,
+              help="Seconds to wait for a target another sync is writing to before giving up on it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def sync_cmd(obj, tenant: uuid.UUID, mapping_names: tuple[str, ...], mappings_dirs: tuple[Path, ...],
-             page_size: int, statement_timeout: int, as_json: bool) -> None:
-    """Sequence and sync one tenancy's targets until caught up; exit 1 if a target failed."""
+             page_size: int, statement_timeout: int, lock_wait: float, as_json: bool) -> None:
+    """Sequence and sync one tenancy's targets until caught up; exit 1 if a target failed or was busy."""
     chosen = mappings.select(mappings.load_all(list(mappings_dirs)), list(mapping_names))
     with db.connect(obj.dsn) as conn:
         backlog = targets.backlog(conn, tenant)
@@ -128,6 +130,7 @@ def sync_cmd(obj, tenant: uuid.UUID, mapping_names: tuple[str, ...], mappings_di
         result = engine.sync_until_caught_up(obj.dsn, tenant, chosen,
                                              engine.Options(page_size=page_size, ignore_backoff=True,
                                                             statement_timeout_ms=statement_timeout,
+                                                            lock_timeout_s=lock_wait,
                                                             on_rows=progress.advance))
     if as_json:
         click.echo(json.dumps({"tenancy_id": str(tenant), "sync_disabled": result.sync_disabled,
@@ -136,12 +139,16 @@ def sync_cmd(obj, tenant: uuid.UUID, mapping_names: tuple[str, ...], mappings_di
         if not result.targets:
             click.echo(f"tenancy {tenant} has no enabled sync targets")
         for t in result.targets:
-            click.echo(f"{t.name}: {t.rows} row(s) applied" + (f", FAILED: {t.error}" if t.error else ""))
+            click.echo(f"{t.name}: {t.rows} row(s) applied" + (f", FAILED: {t.error}" if t.error else "")
+                       + (f", NOT SYNCED: busy, {t.skipped}" if t.busy else ""))
         if result.sync_disabled:
             click.echo("sync is off in the fusebox; nothing applied")
     if result.failed:
         first = result.failed[0]
         raise PyglueError(f"target {first.name!r} of tenancy {tenant} failed: {first.error}")
+    if busy := [t for t in result.targets if t.busy]:
+        raise PyglueError(f"target {busy[0].name!r} of tenancy {tenant} was busy for {lock_wait:g}s "
+                          "(another sync holds it); not synced, try again")
 
 
 @click.command("status")
@@ -149,7 +156,8 @@ def sync_cmd(obj, tenant: uuid.UUID, mapping_names: tuple[str, ...], mappings_di
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def status_cmd(obj, tenant: uuid.UUID | None, as_json: bool) -> None:
-    """Per target and mapping: pending rows, cursor, last success and error; queue health."""
+    """Per target and mapping: pending rows, cursor, lag (age of the oldest change not yet
+    applied), whether it is failing (and the last error), queue health."""
     with db.connect(obj.dsn) as conn:
         rows = targets.status(conn, tenant)
     if as_json:
@@ -160,10 +168,12 @@ def status_cmd(obj, tenant: uuid.UUID | None, as_json: bool) -> None:
     for r in rows:
         line = (f"{r['tenancy_id']} {r['target_name']:<14} {r['mapping_name']:<22} pending {r['pending_rows']:>8}"
                 f"  cursor {r['last_synced_sequence_id']:>10}  queue {r['queue_depth']} dead {r['dead_requests']}")
-        if r["oldest_pending_age"] is not None:
-            line += f"  oldest pending {r['oldest_pending_age'].total_seconds():.0f}s"
-        if r["last_error"]:
-            line += f"  last error: {r['last_error']}"
+        if r["oldest_unapplied_age"] is not None:
+            line += f"  lag {r['oldest_unapplied_age'].total_seconds():.1f}s"
+        if r["failing"]:
+            line += f"  FAILING since {r['last_error_at']:%Y-%m-%d %H:%M:%S%z}: {r['last_error']}"
+        elif r["last_error"]:
+            line += f"  (recovered; last error at {r['last_error_at']:%Y-%m-%d %H:%M:%S%z})"
         click.echo(line)
 
 
