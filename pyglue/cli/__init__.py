@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from dataclasses import dataclass, field
 
@@ -27,7 +29,45 @@ class Context:
         return self._dsn
 
 
-@click.group(context_settings={"auto_envvar_prefix": "PYGLUE", "help_option_names": ["-h", "--help"]})
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that refuses nan and inf: every comparison with nan is false, so click's
+    own range check lets nan through (a `--lease nan` would reach the database)."""
+
+    name = "finite float range"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class _Group(click.Group):
+    """The top-level group: a database without pyglue's schemas is told to migrate. (Here
+    rather than in main(): here the context still knows the DSN in use, and tests that
+    invoke `cli` directly get the same message.)"""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction,
+                psycopg.errors.UndefinedTable) as exc:
+            if not _names_pyglue_object(exc) or not isinstance(ctx.obj, Context) or ctx.obj._dsn is None:
+                raise
+            raise PyglueError(f"{dsns.describe(ctx.obj._dsn)} is not migrated ({dsns.error_line(exc)}):"
+                              " run pyglue db migrate") from exc
+
+
+# 'schema "pyglue" does not exist', 'relation "app.tenancies" …', 'function pyglue.sync_status(unknown) …'.
+# (A custom mapping's fetch of a missing table fails that target inside the engine; it never gets here.)
+_PYGLUE_OBJECT = re.compile(r'schema "(?:pyglue|app|billing)"|\b(?:pyglue|app|billing)\.\w')
+
+
+def _names_pyglue_object(exc: psycopg.Error) -> bool:
+    return bool(_PYGLUE_OBJECT.search(exc.diag.message_primary or ""))
+
+
+@click.group(cls=_Group, context_settings={"auto_envvar_prefix": "PYGLUE", "help_option_names": ["-h", "--help"]})
 @click.option("--dsn", envvar="PYGLUE_DSN", metavar="DSN",
               help="Postgres connection string. Default: $PYGLUE_DSN, $DATABASE_URL, else the embedded server.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and debug output on errors.")
@@ -47,6 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        # one line like every other error, instead of click's usage + hint + blank line + error;
+        # redacted, since a value it quotes may be a DSN given in the wrong place
+        hint = f" (see '{exc.ctx.command_path} -h')" if exc.ctx else ""
+        click.echo(f"error: {dsns.redact(exc.format_message())}{hint}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

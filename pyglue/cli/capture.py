@@ -17,8 +17,8 @@ def _switch(value: str | None) -> bool | None:
 
 
 @click.command()
-@click.option("--batch-size", type=click.IntRange(min=1), default=10000, show_default=True,
-              help="Rows stamped per table per pass (each pass is one transaction).")
+@click.option("--batch-size", type=click.IntRange(min=1, max=1_000_000), default=10000, show_default=True,
+              help="Rows stamped per table per pass (each pass is one transaction; at most 1,000,000).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def sequence(obj, batch_size: int, as_json: bool) -> None:

@@ -8,6 +8,7 @@ import click
 
 from pyglue import embedded, migrate, paths
 from pyglue import dsn as dsns
+from pyglue.cli import FiniteFloatRange
 
 
 @click.group()
@@ -43,11 +44,16 @@ _migrations_dir = click.option(
     default=paths.MIGRATIONS, show_default=True, help="Folder of yoyo migrations to apply.",
 )
 
+# Postgres's lock_timeout 0 means "wait forever", so the least is a tenth of a second
+_lock_timeout = click.option(
+    "--lock-timeout", type=FiniteFloatRange(min=0.1, max=86400), default=300.0, show_default=True,
+    help="Seconds to wait for another migration run before giving up (at most a day).",
+)
+
 
 @db.command("migrate")
 @_migrations_dir
-@click.option("--lock-timeout", type=float, default=300.0, show_default=True,
-              help="Seconds to wait for another migration run before giving up.")
+@_lock_timeout
 @click.option("--break-lock", is_flag=True,
               help="Delete a stale yoyo_lock row left by a killed `yoyo apply` before migrating.")
 @click.pass_obj
@@ -62,8 +68,7 @@ def migrate_cmd(obj, migrations_dir: Path, lock_timeout: float, break_lock: bool
 @_migrations_dir
 @click.option("--to", "to", metavar="MIGRATION", help="Keep this migration and those before it; undo the rest.")
 @click.option("--all", "everything", is_flag=True, help="Undo every migration (drops pyglue's schemas and data).")
-@click.option("--lock-timeout", type=float, default=300.0, show_default=True,
-              help="Seconds to wait for another migration run before giving up.")
+@_lock_timeout
 @click.pass_obj
 def rollback_cmd(obj, migrations_dir: Path, to: str | None, everything: bool, lock_timeout: float) -> None:
     """Roll back migrations newer than --to (or --all), newest first."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from pyglue import db
+from pyglue.cli import FiniteFloatRange
 from pyglue.errors import PyglueError
 from pyglue.progress import Progress
 from pyglue.sync import engine, mappings, targets, verify
@@ -19,8 +20,13 @@ MAPPINGS_DIR = click.option("--mappings-dir", "mappings_dirs", multiple=True,
                             help="Extra folder of mapping templates (repeatable; also $PYGLUE_MAPPINGS_PATH).")
 
 
-STATEMENT_TIMEOUT = click.option("--statement-timeout", type=click.IntRange(min=1), default=30000, show_default=True,
-                                 help="Milliseconds a mapping's fetch of one page may run.")
+# Upper bounds keep every value a usage error here rather than a database error recorded as
+# a target's failure (Postgres's statement_timeout is an int4 of milliseconds, a page limit an int8).
+STATEMENT_TIMEOUT = click.option("--statement-timeout", type=click.IntRange(min=1, max=86_400_000), default=30000,
+                                 show_default=True, help="Milliseconds a mapping's fetch of one page may run"
+                                                         " (at most a day).")
+PAGE_SIZE = click.option("--page-size", type=click.IntRange(min=1, max=1_000_000), default=5000, show_default=True,
+                         help="Rows per page (at most 1,000,000); each page is one target transaction.")
 
 
 @click.group("targets")
@@ -47,6 +53,8 @@ def targets_add(obj, tenant: uuid.UUID, name: str, target_dsn: str) -> None:
 def targets_list(obj, tenant: uuid.UUID | None, as_json: bool) -> None:
     """List targets (connection strings are never printed)."""
     with db.connect(obj.dsn) as conn:
+        if tenant is not None:
+            targets.require_tenancy(conn, tenant)
         rows = targets.listing(conn, tenant)
     if as_json:
         click.echo(json.dumps(rows, default=str))
@@ -64,6 +72,7 @@ def _toggle(command_name: str, enabled: bool, doc: str):
     @click.pass_obj
     def command(obj, tenant: uuid.UUID, name: str) -> None:
         with db.connect(obj.dsn) as conn:
+            targets.require_tenancy(conn, tenant)
             targets.set_enabled(conn, tenant, name, enabled)
         click.echo(f"target {name} {'enabled' if enabled else 'disabled'}")
 
@@ -81,6 +90,7 @@ targets_disable = _toggle("disable", False, "Stop syncing into a target; changes
 def targets_remove(obj, tenant: uuid.UUID, name: str) -> None:
     """Forget a target (its database keeps the data)."""
     with db.connect(obj.dsn) as conn:
+        targets.require_tenancy(conn, tenant)
         targets.remove(conn, tenant, name)
     click.echo(f"target {name} removed")
 
@@ -113,10 +123,9 @@ def targets_verify(obj, tenant: uuid.UUID, repair: bool, mapping_names: tuple[st
 @TENANT
 @click.option("--mapping", "mapping_names", multiple=True, help="Only these mappings (repeatable).")
 @MAPPINGS_DIR
-@click.option("--page-size", type=click.IntRange(min=1), default=5000, show_default=True,
-              help="Rows per page; each page is one target transaction.")
+@PAGE_SIZE
 @STATEMENT_TIMEOUT
-@click.option("--lock-wait", type=click.FloatRange(min=0.1, max=3600), default=10.0, show_default=True,
+@click.option("--lock-wait", type=FiniteFloatRange(min=0.1, max=3600), default=10.0, show_default=True,
               help="Seconds to wait for a target another sync is writing to before giving up on it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
@@ -125,6 +134,7 @@ def sync_cmd(obj, tenant: uuid.UUID, mapping_names: tuple[str, ...], mappings_di
     """Sequence and sync one tenancy's targets until caught up; exit 1 if a target failed or was busy."""
     chosen = mappings.select(mappings.load_all(list(mappings_dirs)), list(mapping_names))
     with db.connect(obj.dsn) as conn:
+        targets.require_tenancy(conn, tenant)
         backlog = targets.backlog(conn, tenant)
     with Progress(backlog, "syncing", enabled=not as_json) as progress:
         result = engine.sync_until_caught_up(obj.dsn, tenant, chosen,
@@ -159,6 +169,8 @@ def status_cmd(obj, tenant: uuid.UUID | None, as_json: bool) -> None:
     """Per target and mapping: pending rows, cursor, lag (age of the oldest change not yet
     applied), whether it is failing (and the last error), queue health."""
     with db.connect(obj.dsn) as conn:
+        if tenant is not None:
+            targets.require_tenancy(conn, tenant)
         rows = targets.status(conn, tenant)
     if as_json:
         click.echo(json.dumps(rows, default=str))
@@ -181,22 +193,28 @@ def status_cmd(obj, tenant: uuid.UUID | None, as_json: bool) -> None:
 @MAPPINGS_DIR
 @click.option("--concurrency", type=click.IntRange(min=1, max=64), default=2, show_default=True,
               help="Tenancies synced at once by this process.")
-@click.option("--lease", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-              help="Seconds a claim lasts without renewal (renewed every page); a killed worker's claims return after it.")
-@click.option("--sequencer-interval", type=click.FloatRange(min=0.01), default=0.1, show_default=True,
-              help="Seconds between sequencer passes when idle.")
-@click.option("--page-size", type=click.IntRange(min=1), default=5000, show_default=True,
-              help="Rows per page; each page is one target transaction.")
+@click.option("--lease", type=FiniteFloatRange(min=0.1, max=86400), default=60.0, show_default=True,
+              help="Seconds a claim lasts without renewal (renewed every page; at most a day);"
+                   " a killed worker's claims return after it.")
+@click.option("--sequencer-interval", type=FiniteFloatRange(min=0.01, max=3600), default=0.1, show_default=True,
+              help="Seconds between sequencer passes when idle (at most an hour).")
+@PAGE_SIZE
 @STATEMENT_TIMEOUT
 @click.option("--until-idle", is_flag=True, help="Exit when the queue is empty and nothing is flagged.")
 @click.pass_obj
 def worker_cmd(obj, mappings_dirs: tuple[Path, ...], concurrency: int, lease: float, sequencer_interval: float,
                page_size: int, statement_timeout: int, until_idle: bool) -> None:
     """Sequence changes and sync every tenancy's targets until stopped (SIGTERM finishes the page)."""
+    import contextlib
     import signal
 
+    from pyglue import capture
     from pyglue.sync.worker import Worker, WorkerOptions
 
+    # An unmigrated database fails here, as one line before "worker started" is logged; an
+    # unreachable one is left to the worker, which waits for it (or with --until-idle says so).
+    with contextlib.suppress(PyglueError), db.connect(obj.dsn) as conn:
+        capture.fusebox(conn)
     worker = Worker(obj.dsn, mappings.load_all(list(mappings_dirs)),
                     WorkerOptions(concurrency=concurrency, lease_s=lease, sequencer_interval_s=sequencer_interval,
                                   page_size=page_size, statement_timeout_ms=statement_timeout),

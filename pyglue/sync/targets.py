@@ -11,11 +11,16 @@ from pyglue import queries
 from pyglue.errors import PyglueError
 
 
-def add(conn: psycopg.Connection, tenancy_id: uuid.UUID, name: str, connection_string: str) -> int:
-    dsns.parse(connection_string)  # a malformed DSN is refused before it is stored
+def require_tenancy(conn: psycopg.Connection, tenancy_id: uuid.UUID) -> None:
+    """Raise PyglueError 'no tenancy X' unless the tenancy exists (so a typo is not "nothing to do")."""
     with conn.transaction():
         if not conn.execute(queries.load("tenancy_exists"), {"tenancy_id": tenancy_id}).fetchone()["present"]:
             raise PyglueError(f"no tenancy {tenancy_id}")
+
+
+def add(conn: psycopg.Connection, tenancy_id: uuid.UUID, name: str, connection_string: str) -> int:
+    dsns.parse(connection_string)  # a malformed DSN is refused before it is stored
+    require_tenancy(conn, tenancy_id)
     try:
         with conn.transaction():
             return conn.execute("select pyglue.add_sync_target(%s, %s, %s) as id",
