@@ -13,8 +13,8 @@ def pending_changes(conn: psycopg.Connection) -> dict[str, int]:
     return {r["table_name"]: r["pending"] for r in conn.execute("select * from pyglue.pending_changes()")}
 
 
-# pyglue.sequence_changes serializes passes on this advisory lock (see its header).
-SEQUENCER_LOCK = "select pg_try_advisory_xact_lock(hashtext('pyglue.sequence_changes')) as got"
+# pyglue.sequence_changes serializes passes on this row lock (see its header).
+SEQUENCER_LOCK = "select exists (select 1 from pyglue.sequencer_lock for update skip locked) as got"
 
 
 def sequence_pass(conn: psycopg.Connection, batch_size: int, wait: bool = True) -> int:

@@ -10,11 +10,11 @@ from pyglue.errors import PyglueError
 
 
 def connect(dsn: str, *, autocommit: bool = False, application_name: str = "pyglue", row_factory=dict_row,
-            **kwargs) -> psycopg.Connection:
+            connection_class: type[psycopg.Connection] = psycopg.Connection, **kwargs) -> psycopg.Connection:
     """A psycopg connection (dict rows by default); connection failures become one PyglueError line."""
     dsns.parse(dsn)
     try:
-        return psycopg.connect(
+        return connection_class.connect(
             dsn, autocommit=autocommit, row_factory=row_factory, application_name=application_name, **kwargs
         )
     except psycopg.OperationalError as exc:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import getpass
 import itertools
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from pytest_postgresql.janitor import DatabaseJanitor
@@ -74,7 +76,23 @@ def template_db(server: Server) -> Iterator[str]:
     name = unique_name("template")
     with server.janitor(name, as_template=True):
         migrate.migrate(server.dsn_for(name))
+        _fetch_login_for(server)
         yield name
+
+
+def _fetch_login_for(server: Server) -> None:
+    """The fetch login needs a way in. The embedded server trusts local connections; another
+    server (Debian's: peer on the socket, scram-sha-256 on 127.0.0.1) gets a random password
+    for pyglue_fetch and PYGLUE_FETCH_DSN pointing at it over TCP, unless one is given."""
+    if not os.environ.get("PYGLUE_TEST_DSN") or os.environ.get("PYGLUE_FETCH_DSN"):
+        return
+    password = secrets.token_hex(16)
+    with psycopg.connect(server.dsn, autocommit=True) as c:
+        c.execute(sql.SQL("alter role pyglue_fetch password {}").format(sql.Literal(password)))
+    host = server.params.get("host") or "127.0.0.1"
+    os.environ["PYGLUE_FETCH_DSN"] = make_conninfo(
+        "", host="127.0.0.1" if host.startswith("/") else host, port=server.params.get("port") or "5432",
+        user="pyglue_fetch", password=password)
 
 
 @pytest.fixture(scope="session")

@@ -46,9 +46,11 @@ def blocked_on_lock(watcher, pid: int) -> bool:
     return row is not None and row["wait_event_type"] == "Lock"
 
 
-def waiting_for_advisory_lock(watcher, pid: int) -> bool:
-    return watcher.execute("select count(*) as n from pg_locks where pid = %s and locktype = 'advisory'"
-                           " and not granted", (pid,)).fetchone()["n"] == 1
+def waiting_for_the_sequencer_lock(watcher, pid: int) -> bool:
+    """Blocked on the row of pyglue.sequencer_lock another pass holds."""
+    return blocked_on_lock(watcher, pid) and watcher.execute(
+        "select count(*) as n from pg_locks l join pg_stat_activity a using (pid)"
+        " where l.pid = %s and a.query like '%%sequence_changes%%'", (pid,)).fetchone()["n"] > 0
 
 
 def wait_until(predicate, timeout: float = 10.0) -> None:
@@ -162,7 +164,7 @@ def test_second_sequencer_waits_for_the_first_to_commit(db, connect):
     assert sequence(first) == 1  # pass 1 holds its ids, uncommitted
     f.user(conn, t, "b")
     second_pass = in_thread(sequence, second)
-    wait_until(lambda: waiting_for_advisory_lock(conn, second.info.backend_pid))
+    wait_until(lambda: waiting_for_the_sequencer_lock(conn, second.info.backend_pid))
     assert reader.read() == []  # nothing visible yet, and pass 2 has taken no id
     first.commit()
     assert second_pass() == 1

@@ -154,8 +154,9 @@ def test_an_email_change_waits_for_a_pass_holding_its_user_then_flags_it_again(w
 def held_target(world):
     """A connection to the target that holds the engine's per-tenancy lock, as a sync whose
     worker lost its lease (slow target) would."""
+    key = world.conn.execute("select lock_key from pyglue.sync_targets where name = 'main'").fetchone()["lock_key"]
     with engine.target_connection(world.targets["main"]) as holder:
-        TargetTables(holder, world.tenancy).lock(5)
+        TargetTables(holder, world.tenancy, key).lock(5)
         yield holder
 
 

@@ -230,7 +230,8 @@ def test_repair_batches_and_takes_the_sync_lock(synced, connect):
     target_exec(synced, "delete from users where display_name like 'bulk%%'")
 
     holder = connect(synced.targets["main"], autocommit=True)
-    holder.execute("select pg_advisory_lock(hashtextextended('pyglue.sync:' || %s, 0))", (str(synced.tenancy),))
+    key = synced.conn.execute("select lock_key from pyglue.sync_targets").fetchone()["lock_key"]
+    holder.execute("select pg_advisory_lock(%s)", (key,))
     [busy] = check(synced, repair=True, lock_timeout_s=0.2).targets
     assert "another sync of tenancy" in busy.error
     assert len(synced.rows("users")) == 3  # nothing written without the lock

@@ -1,6 +1,8 @@
--- Name the tenancy the mapping fetch in this transaction may read (pyglue._fetch_tenancy);
--- written before the transaction turns read-only, so the fetch itself cannot change it.
-insert into pyglue.fetch_sessions (backend_pid, tenancy_id, xact)
-values (pg_backend_pid(), %(tenancy_id)s, pg_current_xact_id())
+-- Name the tenancy the fetch transaction (pid, backend start, xact) of the fetch login may
+-- read (pyglue._fetch_tenancy). Written and committed by the main connection; the fetch
+-- login can neither write nor read pyglue.fetch_sessions.
+insert into pyglue.fetch_sessions (backend_pid, backend_start, tenancy_id, xact)
+values (%(pid)s, %(backend_start)s, %(tenancy_id)s, %(xact)s)
 on conflict (backend_pid) do update
-    set tenancy_id = excluded.tenancy_id, xact = excluded.xact, started_at = now()
+    set backend_start = excluded.backend_start, tenancy_id = excluded.tenancy_id, xact = excluded.xact,
+        started_at = now()

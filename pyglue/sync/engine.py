@@ -1,11 +1,10 @@
 """The sync engine: for one tenancy, bring every enabled target up to date, mapping by mapping.
 
 Per target: lock (tenancy, target) on the target, create the cursor table and mapping
-tables once, then page through each mapping: fetch a page in a read-only transaction as
-the restricted reader role, limited to the tenancy by a fetch-session row the query cannot
-write (see fetch_page) and by a statement timeout, reduce it to the last change per key,
-apply it to the target in one transaction with the cursor. A target that fails is
-recorded (error, backoff) and the others go on.
+tables once, then page through each mapping: fetch a page over the fetch login, isolated
+by the database (pyglue.sync.fetch), reduce it to the last change per key, apply it to the
+target in one transaction with the cursor. A target that fails is recorded (error,
+backoff) and the others go on.
 """
 
 from __future__ import annotations
@@ -16,17 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
-from psycopg import sql
-from psycopg.types.string import TextLoader
 
 from pyglue import capture, db, queries
 from pyglue import dsn as dsns
 from pyglue.errors import PyglueError
+from pyglue.sync import fetch
 from pyglue.sync.mappings import Mapping
 from pyglue.sync.target import Page, TargetBusy, TargetTables
-
-READER_ROLE = "pyglue_mapping_reader"
-
 
 @dataclass
 class Options:
@@ -35,6 +30,7 @@ class Options:
     lock_timeout_s: float = 60.0
     sequencer_batch: int = 50000  # rows per table per sequencer pass (large backlogs: fewer, bigger passes)
     ignore_backoff: bool = False  # `pyglue sync --tenant` tries every enabled target now
+    max_pages: int = 100_000  # pages of one mapping in one round: a mapping that never catches up is stopped
     stop: threading.Event = field(default_factory=threading.Event)  # finish the page, then return
     on_rows: Callable[[int], None] = lambda _n: None
     on_page: Callable[[], None] = lambda: None  # e.g. renew a queue lease
@@ -73,17 +69,12 @@ class Stopped(Exception):
     """The caller asked to stop between pages."""
 
 
-# Types whose values go through as Postgres wrote them: exact (jsonb text, numeric digits)
-# and including values Python cannot hold ('infinity' timestamps, dates before year 1).
-_AS_TEXT = ("json", "jsonb", "numeric", "timestamptz", "timestamp", "date", "time", "timetz", "interval")
-
-
-def source_connection(dsn: str) -> psycopg.Connection:
-    """A source connection for fetching: values that need it arrive as their exact text."""
-    conn = db.connect(dsn, application_name="pyglue sync")
+def source_connection(dsn: str) -> fetch.SourceConnection:
+    """The engine's connection to the source; mapping queries go over the fetch login's
+    connection it opens beside it (pyglue.sync.fetch)."""
+    conn = db.connect(dsn, application_name="pyglue sync", connection_class=fetch.SourceConnection)
+    conn.fetch_dsn = fetch.fetch_dsn(dsn)
     check_for_dead_client(conn)
-    for name in _AS_TEXT:
-        conn.adapters.register_loader(name, TextLoader)
     return conn
 
 
@@ -164,15 +155,18 @@ def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict,
     applied = 0
     if options.stop.is_set():
         raise Stopped()
+    with source.transaction():
+        me = source.execute("select a.pid, a.backend_start from pg_stat_get_activity(pg_backend_pid()) a").fetchone()
     with target_connection(target["connection_string"]) as conn:
-        tables = TargetTables(conn, tenancy_id)
+        tables = TargetTables(conn, tenancy_id, target["lock_key"])
+        tables.refuse_source(me["pid"], me["backend_start"])
         tables.lock(options.lock_timeout_s)
         tables.ensure_metadata()
         for mapping in mappings:
             cursor = tables.ensure_mapping(mapping)
             # the mirror may lag the target's own cursor (a sync killed between the two writes)
             _mirror_cursor(source, target["id"], mapping, cursor)
-            while True:
+            for _ in range(options.max_pages):
                 if options.stop.is_set():
                     raise Stopped()
                 page = fetch_page(source, tenancy_id, mapping, cursor, options)
@@ -186,46 +180,32 @@ def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict,
                 options.on_page()
                 if page.fetched < options.page_size:
                     break
+            else:
+                raise PyglueError(f"mapping {mapping.name} was not caught up after {options.max_pages} pages in one "
+                                  "round; stopped (does its fetch honour %(cursor)s?)")
     return applied
 
 
-def fetch_page(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping: Mapping, cursor: int,
+def fetch_page(source: fetch.SourceConnection, tenancy_id: uuid.UUID, mapping: Mapping, cursor: int,
                options: Options) -> Page | None:
-    """The next page of a mapping after cursor, read under tenant isolation; None when caught up.
-
-    The transaction names its tenancy in pyglue.fetch_sessions, turns read-only, sets a
-    statement timeout and switches to the reader role; the policies on tracked tables
-    compare against that row, which the mapping's query cannot write. Afterwards the
-    session is checked and reset, so a mapping that switched role is caught and one that
-    left settings or advisory locks behind does not affect the next page.
-    """
-    try:
-        with source.transaction():
-            if not source.execute("select sync_enabled from pyglue.fusebox").fetchone()["sync_enabled"]:
-                raise SyncDisabled()
-            source.execute(queries.load("open_fetch_session"), {"tenancy_id": tenancy_id})
-            source.execute("set transaction read only")
-            source.execute("select set_config('statement_timeout', %s, true)", (str(options.statement_timeout_ms),))
-            source.execute(sql.SQL("set local role {}").format(sql.Identifier(READER_ROLE)))
-            cur = source.cursor(row_factory=psycopg.rows.tuple_row)
-            try:
-                cur.execute(mapping.fetch_sql, {"tenancy_id": tenancy_id, "cursor": cursor,
-                                                "limit": options.page_size})
-                names = [d.name for d in cur.description]
-                rows = cur.fetchall()
-                after = source.execute("select current_user as role, pyglue._fetch_tenancy() as tenancy").fetchone()
-            except psycopg.Error as exc:
-                raise PyglueError(f"mapping {mapping.name}: fetch failed: {exc.diag.message_primary or exc}") from None
-    finally:
-        with source.transaction():
-            source.execute("select pg_advisory_unlock_all(); reset role; reset all;"
-                           " set client_connection_check_interval = 1000")
-    if (after["role"], after["tenancy"]) != (READER_ROLE, tenancy_id):
-        raise PyglueError(f"mapping {mapping.name}: the fetch changed its session (role {after['role']}); "
-                          "page discarded")
+    """The next page of a mapping after cursor, read under tenant isolation over the fetch
+    login (pyglue.sync.fetch); None when caught up. A page is at most options.page_size rows,
+    in strictly increasing sequence order, none beyond the last id the sequencer handed out."""
+    with source.transaction():
+        if not source.execute("select sync_enabled from pyglue.fusebox").fetchone()["sync_enabled"]:
+            raise SyncDisabled()
+    names, rows = fetch.fetch_rows(source, tenancy_id, mapping.name, mapping.fetch_sql,
+                                   {"tenancy_id": tenancy_id, "cursor": cursor, "limit": options.page_size},
+                                   options.page_size, options.statement_timeout_ms)
     if not rows:
         return None
-    return reduce_page(mapping, names, rows)
+    page = reduce_page(mapping, names, rows)
+    with source.transaction():
+        handed_out = source.execute("select last_value from pyglue.change_sequence").fetchone()["last_value"]
+    if rows[0][0] <= cursor or page.last_sequence_id > handed_out:
+        raise PyglueError(f"mapping {mapping.name}: fetch returned sequence ids outside ({cursor}, {handed_out}]"
+                          f" ({rows[0][0]}..{page.last_sequence_id}); it must read rows after %(cursor)s only")
+    return page
 
 
 def reduce_page(mapping: Mapping, names: list[str], rows: list[tuple]) -> Page:

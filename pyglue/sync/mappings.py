@@ -66,7 +66,8 @@ def search_path(extra: list[Path] | None = None) -> list[Path]:
 
 def load_all(extra: list[Path] | None = None, schema: str = "public", validate: bool = True) -> list[Mapping]:
     """Every mapping of the search path, later folders overriding earlier ones, by name.
-    $PYGLUE_UNSAFE_SKIP_TEMPLATE_VALIDATION=1 turns validation off (tests only)."""
+    $PYGLUE_UNSAFE_SKIP_TEMPLATE_VALIDATION=1 turns validation of fetch templates off (tests
+    only: they prove the fetch login isolates a hostile fetch on its own)."""
     if os.environ.get(SKIP_VALIDATION_ENV) == "1":
         validate = False
     found: dict[str, Path] = {}
@@ -94,9 +95,10 @@ def load(folder: Path, schema: str = "public", validate: bool = True) -> Mapping
         raise PyglueError(f"mapping {name}: missing template {exc.name}") from None
     except jinja2.TemplateError as exc:
         raise PyglueError(f"mapping {name}: template error: {exc}") from None
-    if validate:
+    if validate:  # the fetch login isolates fetches at run time too; this refuses them early
         template_validation.validate_fetch(fetch_sql, name)
-        template_validation.validate_ddl(ddl_sql, name, schema, spec["target_table"])
+    # always: a DDL template runs on the target as the target's login, with nothing else to stop it
+    template_validation.validate_ddl(ddl_sql, name, schema, spec["target_table"])
     for param in template_validation.FETCH_PARAMETERS:
         if f"%({param})s" not in fetch_sql:
             raise PyglueError(f"mapping {name}: fetch.sql.j2 must use the bound parameter %({param})s")

@@ -18,11 +18,21 @@ from pyglue.errors import PyglueError
 from pyglue.sync.mappings import Mapping
 
 METADATA = "_pyglue_sync_metadata"
+# Who holds an advisory lock of this database on a bigint key (split in two 32-bit halves).
+LOCK_HOLDER = """select a.usename, l.pid from pg_locks l left join pg_stat_activity a on a.pid = l.pid
+where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+  and l.database = (select d.oid from pg_database d where d.datname = current_database())
+  and l.classid::bigint = (%(key)s::bigint >> 32) & 4294967295 and l.objid::bigint = %(key)s::bigint & 4294967295
+limit 1"""
 OWNER_ROW = ".tenancy"  # the metadata row that claims a target database for one tenancy (not a mapping name)
 
 
 class TargetBusy(PyglueError):
     """Another sync of the same tenancy into the same target holds the lock."""
+
+
+class TargetLockTaken(PyglueError):
+    """A session of another role holds the target's sync lock: not a sync, a fault to report."""
 
 
 @dataclass
@@ -39,22 +49,40 @@ class Page:
 class TargetTables:
     """One tenancy's view of one target database (a connection in autocommit mode)."""
 
-    def __init__(self, conn: psycopg.Connection, tenancy_id: uuid.UUID, schema: str = "public"):
-        self.conn, self.tenancy_id, self.schema = conn, tenancy_id, schema
+    def __init__(self, conn: psycopg.Connection, tenancy_id: uuid.UUID, lock_key: int | None = None,
+                 schema: str = "public"):
+        self.conn, self.tenancy_id, self.lock_key, self.schema = conn, tenancy_id, lock_key, schema
         self._column_types: dict[str, dict[str, str]] = {}
         self._staged: set[str] = set()
 
     def lock(self, timeout_s: float) -> None:
-        """Serialize runs for this tenancy and target: session advisory lock, dropped with the connection."""
+        """Serialize runs for this tenancy and target: a session advisory lock, dropped with the
+        connection, on the target's random key (pyglue.sync_targets.lock_key), so the target's
+        other roles cannot guess it. One they took anyway (seen in pg_locks) is reported as a
+        fault, not as a busy target."""
+        if self.lock_key is None:
+            raise ValueError("TargetTables.lock needs the target's lock_key")
         before = self.conn.execute("select current_setting('lock_timeout')").fetchone()[0]
-        self.conn.execute("select set_config('lock_timeout', %s, false)", (f"{int(timeout_s * 1000)}ms",))
+        self.conn.execute("select set_config('lock_timeout', %s, false)", (f"{max(1, int(timeout_s * 1000))}ms",))
         try:
-            self.conn.execute("select pg_advisory_lock(hashtextextended('pyglue.sync:' || %s, 0))",
-                              (str(self.tenancy_id),))
+            self.conn.execute("select pg_advisory_lock(%s)", (self.lock_key,))
         except psycopg.errors.LockNotAvailable:
+            holder = self.conn.execute(LOCK_HOLDER, {"key": self.lock_key}).fetchone()
+            if holder and holder[0] is not None and holder[0] != self.conn.info.user:
+                raise TargetLockTaken(f"the target's sync lock is held by role {holder[0]!r} (pid {holder[1]}), "
+                                      "not by a pyglue sync; end that session") from None
             raise TargetBusy(f"another sync of tenancy {self.tenancy_id} into this target is running") from None
         finally:
             self.conn.execute("select set_config('lock_timeout', %s, false)", (before,))
+
+    def refuse_source(self, source_pid: int, source_started) -> None:
+        """Refuse a target that is the source database itself: the source session is then a
+        session of this very database."""
+        same = self.conn.execute(
+            "select exists (select 1 from pg_stat_activity a where a.pid = %s and a.datname = current_database()"
+            " and (a.backend_start = %s or a.backend_start is null))", (source_pid, source_started)).fetchone()[0]
+        if same:
+            raise PyglueError("the target is the source database itself; refusing to sync into it")
 
     def ensure_metadata(self) -> None:
         """Create the cursor table once and claim the database for this tenancy; refuse a
@@ -105,19 +133,48 @@ class TargetTables:
 
     def apply(self, mapping: Mapping, page: Page, expected_cursor: int) -> None:
         """Deletes, upserts and the cursor advance in one transaction."""
+        self._check_columns(mapping, page.columns, expected_cursor)
+        try:
+            with self.conn.transaction():
+                current = self._cursor(mapping, lock=True)
+                if current != expected_cursor:
+                    raise PyglueError(f"cursor of mapping {mapping.name} moved from {expected_cursor} to {current} "
+                                      "during the page; page not applied")
+                if page.deletes:
+                    self._delete(mapping, page.deletes)
+                if page.upserts:
+                    self._upsert(mapping, page.columns, page.upserts)
+                self.conn.execute(
+                    sql.SQL("update {} set last_synced_sequence_id = %s, updated_at = now()"
+                            " where tenancy_id = %s and mapping_name = %s").format(self._metadata()),
+                    (page.last_sequence_id, self.tenancy_id, mapping.name))
+        except psycopg.Error as exc:
+            message = " ".join((exc.diag.message_primary or str(exc)).split())
+            message = message.replace(f"pyglue_stage_{mapping.name}", mapping.target_table)
+            raise PyglueError(f"mapping {mapping.name}: applying a page to target table {mapping.target_table} "
+                              f"failed: {message}") from None
+
+    def _check_columns(self, mapping: Mapping, columns: list[str], cursor: int) -> None:
+        """Every column the fetch returns (keys included) must exist in the target table. A table
+        that lacks one and never received a row was made by a faulty ddl.sql.j2: it is dropped
+        with its cursor (after this transaction), so the next sync creates it again."""
+        types = self._types(mapping)
+        missing = [c for c in list(mapping.key_columns) + columns if c not in types]
+        if not missing:
+            return
+        table = self._table(mapping)
         with self.conn.transaction():
-            current = self._cursor(mapping, lock=True)
-            if current != expected_cursor:
-                raise PyglueError(f"cursor of mapping {mapping.name} moved from {expected_cursor} to {current} "
-                                  "during the page; page not applied")
-            if page.deletes:
-                self._delete(mapping, page.deletes)
-            if page.upserts:
-                self._upsert(mapping, page.columns, page.upserts)
-            self.conn.execute(
-                sql.SQL("update {} set last_synced_sequence_id = %s, updated_at = now()"
-                        " where tenancy_id = %s and mapping_name = %s").format(self._metadata()),
-                (page.last_sequence_id, self.tenancy_id, mapping.name))
+            empty = not self.conn.execute(sql.SQL("select exists (select 1 from {})").format(table)).fetchone()[0]
+            if cursor == 0 and empty:
+                self.conn.execute(sql.SQL("drop table {}").format(table))
+                self.conn.execute(sql.SQL("delete from {} where tenancy_id = %s and mapping_name = %s").format(
+                    self._metadata()), (self.tenancy_id, mapping.name))
+                self._column_types.pop(mapping.name, None)
+        hint = ("pyglue dropped the empty table: fix ddl.sql.j2 and sync again" if cursor == 0 and empty else
+                f"fix ddl.sql.j2, then drop table {mapping.target_table} and delete its row from {METADATA} "
+                "to sync it again from the start")
+        raise PyglueError(f"mapping {mapping.name}: target table {mapping.target_table} has no column "
+                          f"{missing[0]!r} that the fetch returns; {hint}")
 
     # -- helpers -------------------------------------------------------------------------
 

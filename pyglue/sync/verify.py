@@ -160,7 +160,7 @@ def verify_tenancy(dsn: str, tenancy_id: uuid.UUID, mappings: list[Mapping],
             check = TargetCheck(target["name"])
             result.targets.append(check)
             try:
-                verify_target(source, tenancy_id, target["connection_string"], mappings, options, check)
+                verify_target(source, tenancy_id, target, mappings, options, check)
             except _SourceStopped:
                 raise
             except (PyglueError, psycopg.Error, OSError) as exc:
@@ -168,11 +168,11 @@ def verify_tenancy(dsn: str, tenancy_id: uuid.UUID, mappings: list[Mapping],
     return result
 
 
-def verify_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target_dsn: str, mappings: list[Mapping],
+def verify_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict, mappings: list[Mapping],
                   options: VerifyOptions, check: TargetCheck) -> None:
-    with engine.target_connection(target_dsn) as conn:
+    with engine.target_connection(target["connection_string"]) as conn:
         conn.execute(queries.load("verify_text_settings"))
-        tables = TargetTables(conn, tenancy_id)
+        tables = TargetTables(conn, tenancy_id, target["lock_key"])
         if options.repair:
             tables.lock(options.lock_timeout_s)  # released when the connection closes
         for mapping in mappings:

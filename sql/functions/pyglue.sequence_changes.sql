@@ -18,7 +18,9 @@
 -- between two statements stamp the row before its tombstone, and the target deleted it.
 -- When tombstones may be left over (a full batch, or one locked), live rows wait too.
 --
--- Passes are serialized by a transaction-level advisory lock: a second caller WAITS for
+-- Passes are serialized by the row lock of pyglue.sequencer_lock (a row no mapping fetch
+-- may read, so none can take it; an advisory lock key anyone can take was used before
+-- 0011): a second caller WAITS for
 -- the first to commit, then runs its own pass (it never returns 0 early). Because a pass
 -- takes its ids only after the previous pass committed, ids become visible in increasing
 -- order, and a reader that remembers the last id it saw never skips a row.
@@ -30,7 +32,7 @@
 -- Returns: rows stamped (0 when nothing was flagged or the fusebox switch is off).
 -- Errors: 22023 batch size below 1; 25001 not READ COMMITTED (a snapshot taken before
 -- the lock would hide the previous pass).
--- Locks: advisory xact lock (pyglue.sequence_changes); FOR NO KEY UPDATE row locks on
+-- Locks: the pyglue.sequencer_lock row (FOR UPDATE); FOR NO KEY UPDATE row locks on
 -- stamped rows (so it does not skip rows whose children are being inserted).
 create or replace function pyglue.sequence_changes(p_batch_size integer default 1000)
 returns bigint
@@ -62,7 +64,7 @@ begin
             upper(current_setting('transaction_isolation')) using errcode = '25001';
     end if;
 
-    perform pg_advisory_xact_lock(hashtext('pyglue.sequence_changes'));
+    perform 1 from pyglue.sequencer_lock l for update;
 
     select coalesce(array_agg(t.table_name order by t.table_name::text), '{}'),
            coalesce(array_agg(t.tenancy_column order by t.table_name::text), '{}')

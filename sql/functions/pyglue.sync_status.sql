@@ -1,5 +1,6 @@
 -- pyglue.sync_status(p_tenancy_id): how far each target of a tenancy (or of all
--- tenancies) is, per mapping.
+-- tenancies) is, per mapping it syncs (every registered mapping for a target that has not
+-- synced yet; a mapping used once with --mappings-dir does not stay in everyone's status).
 --
 -- pending_rows counts rows, not id differences: rows of the mapping's source table and
 -- its tombstones that are past the target's cursor or not yet sequenced (index scans on
@@ -40,7 +41,9 @@ begin
                    count(*) filter (where r.status = 'dead') as dead,
                    now() - min(r.created_at) filter (where r.status = 'pending') as oldest
             from pyglue.outgoing_requests r where r.tenancy_id = t.tenancy_id) q
-        where p_tenancy_id is null or t.tenancy_id = p_tenancy_id
+        where (p_tenancy_id is null or t.tenancy_id = p_tenancy_id)
+          -- the mappings this target syncs; every known one until its first sync
+          and (c.target_id is not null or not exists (select 1 from pyglue.sync_cursors c2 where c2.target_id = t.id))
         order by t.tenancy_id, t.name, m.name
     loop
         execute format(

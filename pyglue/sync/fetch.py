@@ -1,0 +1,155 @@
+"""Mapping queries, run so that the database isolates them whatever SQL they hold.
+
+A mapping's fetch runs over its own login (`pyglue_fetch`, created by migration 0011, or
+the one `PYGLUE_FETCH_DSN` names), never over the engine's main connection:
+
+- the login's only privileges are those of `pyglue_mapping_reader` (SELECT on tracked
+  tables and the tombstone log under row-level security); it is refused if it is a
+  superuser, may bypass row-level security, create roles, owns a tracked table, or can read
+  `pyglue.sync_targets` or the tenancy binding. A fetch that switches role or session
+  authorization (`set_config('role', session_user, …)`) only reaches this same login;
+- the tenancy it may read is bound by a row of `pyglue.fetch_sessions` (its pid, backend
+  start and transaction id) that the main connection writes and commits before the fetch;
+  the fetch can neither write nor read that table;
+- the fetch transaction is read-only, has a statement timeout, and is ALWAYS rolled back:
+  nothing it did survives (large objects, NOTIFY, sequence calls, temp tables); then the
+  session is discarded (`DISCARD ALL`: session advisory locks, settings, prepared
+  statements), so one mapping leaves nothing for the next;
+- the query runs as a server-side cursor, which Postgres accepts only for one SELECT, and
+  at most limit + 1 rows are read whatever the query does.
+
+Template validation (pyglue.sync.validate) refuses hostile SQL earlier, but none of the
+above depends on it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import tuple_row
+from psycopg.types.string import TextLoader
+
+from pyglue import db, queries
+from pyglue import dsn as dsns
+from pyglue.errors import PyglueError
+
+FETCH_DSN_ENV = "PYGLUE_FETCH_DSN"
+DEFAULT_LOGIN = "pyglue_fetch"
+
+# Types whose values go through as Postgres wrote them: exact (jsonb text, numeric digits)
+# and including values Python cannot hold ('infinity' timestamps, dates before year 1).
+_AS_TEXT = ("json", "jsonb", "numeric", "timestamptz", "timestamp", "date", "time", "timetz", "interval")
+
+# Errors whose message Postgres builds from the query text and the catalog, never from row
+# values: kept in status. For every other error only its condition name and SQLSTATE are.
+_MESSAGE_KEPT = {"42601", "42703", "42883", "42501", "42P10", "42803", "42804", "25006", "57014"}
+
+_SAFETY = """
+select r.rolsuper or r.rolbypassrls or r.rolcreaterole or r.rolreplication as powerful,
+       not pg_has_role(r.oid, 'pyglue_mapping_reader', 'USAGE') as not_reader,
+       has_table_privilege(r.oid, 'pyglue.sync_targets', 'SELECT') as reads_targets,
+       has_table_privilege(r.oid, 'pyglue.fetch_sessions', 'SELECT, INSERT, UPDATE') as binds,
+       exists (select 1 from pyglue.tracked_tables t join pg_class c on c.oid = t.table_name
+               where pg_has_role(r.oid, c.relowner, 'USAGE')) as owns
+from pg_roles r where r.rolname = %(login)s
+"""
+
+
+def fetch_dsn(main_dsn: str, override: str | None = None) -> str:
+    """The fetch login's DSN: the main DSN's server and database with user pyglue_fetch and no
+    password, then whatever the override (PYGLUE_FETCH_DSN: a full DSN or just `user=…
+    password=…`) sets."""
+    params = {k: v for k, v in dsns.parse(main_dsn).items() if k not in ("user", "password", "passfile")}
+    params["user"] = DEFAULT_LOGIN
+    override = os.environ.get(FETCH_DSN_ENV) if override is None else override
+    if override:
+        params.update(dsns.parse(override))
+    return make_conninfo("", **params)
+
+
+class SourceConnection(psycopg.Connection):
+    """The engine's main connection to the source database, with the fetch login's
+    connection beside it (opened on first use, closed with it)."""
+
+    _fetcher: psycopg.Connection | None = None
+    fetch_dsn: str = ""
+
+    def fetcher(self) -> psycopg.Connection:
+        if self._fetcher is None or self._fetcher.closed:
+            self._fetcher = _connect_fetcher(self, self.fetch_dsn)
+        return self._fetcher
+
+    def close(self) -> None:
+        if self._fetcher is not None:
+            self._fetcher.close()
+        super().close()
+
+
+def _connect_fetcher(source: psycopg.Connection, dsn: str) -> psycopg.Connection:
+    login = dsns.parse(dsn).get("user") or DEFAULT_LOGIN
+    try:
+        conn = db.connect(dsn, autocommit=True, application_name="pyglue fetch", row_factory=tuple_row)
+    except PyglueError as exc:
+        raise PyglueError(f"cannot connect as the fetch login {login!r}: {exc} (migrations create it; on a "
+                          f"managed server create it and set {FETCH_DSN_ENV}, see README \"Isolation\")") from None
+    login = conn.info.user
+    with source.transaction():
+        safety = source.execute(_SAFETY, {"login": login}).fetchone()
+    problems = [why for why, bad in safety.items() if bad] if safety else ["no such role"]
+    if problems:
+        conn.close()
+        raise PyglueError(f"refusing fetch login {login!r}: it must have no privileges beyond "
+                          f"pyglue_mapping_reader ({', '.join(problems)})")
+    for name in _AS_TEXT:
+        conn.adapters.register_loader(name, TextLoader)
+    return conn
+
+
+def fetch_rows(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping_name: str, fetch_sql: str,
+               params: dict, limit: int, statement_timeout_ms: int) -> tuple[list[str], list[tuple]]:
+    """Run a mapping's fetch for one tenancy over the fetch login: column names and at most
+    limit rows (more is an error). The transaction is rolled back, the session discarded."""
+    fetcher = source.fetcher() if isinstance(source, SourceConnection) else _unsupported(source)
+    try:
+        with fetcher.transaction():
+            fetcher.execute("set transaction read only")
+            pid, started, xact = fetcher.execute(
+                "select pg_backend_pid(), (select a.backend_start from pg_stat_get_activity(pg_backend_pid()) a),"
+                " pg_current_xact_id()::text").fetchone()
+            with source.transaction():
+                source.execute(queries.load("open_fetch_session"),
+                               {"pid": pid, "backend_start": started, "xact": xact, "tenancy_id": tenancy_id})
+            fetcher.execute("select set_config('statement_timeout', %s, true)", (str(statement_timeout_ms),))
+            with fetcher.cursor(name="pyglue_fetch") as cur:
+                cur.execute(fetch_sql, params)
+                rows = cur.fetchmany(limit + 1)
+                names = [d.name for d in cur.description]
+            raise psycopg.Rollback()  # nothing a fetch does is kept
+    except psycopg.Error as exc:
+        raise PyglueError(f"mapping {mapping_name}: fetch failed: {describe_error(exc)}") from None
+    finally:
+        if not fetcher.closed:
+            fetcher.execute("discard all")
+    if len(rows) > limit:
+        raise PyglueError(f"mapping {mapping_name}: fetch returned more than the {limit} rows asked for; "
+                          "it must end with limit %(limit)s")
+    return names, rows
+
+
+def describe_error(exc: psycopg.Error) -> str:
+    """A fetch error for status and logs: the condition and SQLSTATE, and Postgres's message
+    only when it cannot carry row values."""
+    state = exc.sqlstate or "no SQLSTATE"
+    condition = type(exc).__name__
+    if exc.sqlstate in _MESSAGE_KEPT and exc.diag.message_primary:
+        return f"{' '.join(exc.diag.message_primary.split())} ({condition}, SQLSTATE {state})"
+    if isinstance(exc, psycopg.OperationalError) and not exc.sqlstate:
+        return "the fetch connection was lost"
+    return f"{condition} (SQLSTATE {state}; the message is not kept, it could hold row values)"
+
+
+def _unsupported(conn: psycopg.Connection):
+    raise TypeError(f"fetches need a connection from engine.source_connection(), not {type(conn).__name__}")
