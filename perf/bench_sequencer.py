@@ -280,14 +280,19 @@ def results_block(facts: dict[str, str], sizes: dict[str, int], args: dict, line
     )
 
 
-def write_results(block: str) -> None:
+def write_block(begin: str, end: str, block: str, heading: str | None = None) -> None:
+    """Replace the block between begin and end in RESULTS.md, or append it (under heading)."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + block + rest.split(END, 1)[1]
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + block + rest.split(end, 1)[1]
     else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
+        new = old.rstrip("\n") + (f"\n\n{heading}" if heading else "") + "\n\n" + block + "\n"
     RESULTS.write_text(new)
+
+
+def write_results(block: str) -> None:
+    write_block(BEGIN, END, block)
 
 
 # --- main -----------------------------------------------------------------------------

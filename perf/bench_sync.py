@@ -49,7 +49,8 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import tuple_row
 from psycopg.types.string import TextLoader
 
-from perf.bench_sequencer import BENCH_HOME, PERF, RESULTS, Line, Timing, format_table, machine_facts, psql_path, run
+from perf.bench_sequencer import (BENCH_HOME, PERF, RESULTS, Line, Timing, format_table, machine_facts, psql_path,
+                                  run, write_block)
 from pyglue import capture, db, embedded, migrate, paths
 from pyglue.sync import engine, mappings, targets
 from pyglue.sync.target import TargetTables
@@ -435,13 +436,7 @@ def report(facts: dict[str, str], counts: dict[str, int], users: int, lines: lis
 
 def write_results(block: str) -> None:
     """Replace the bench_sync block of RESULTS.md, or append it under its own heading."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + block + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + f"\n\n{HEADING}\n\n" + block + "\n"
-    RESULTS.write_text(new)
+    write_block(BEGIN, END, block, HEADING)
 
 
 # --- main -----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from pyglue import paths, queries
+from pyglue import paths
 from pyglue.errors import PyglueError
 from pyglue.sync import mappings
 from tests import factories as f
@@ -83,8 +83,7 @@ def test_users_fetch_reads_pages_by_index_and_probes_emails_by_tenancy_and_user(
     f.users_bulk(conn, t2, 50)  # rows of a tenancy that is not in the statistics yet
     f.sequence_all(conn)
     users = mappings.select(mappings.load_all(), ["users"])[0]
-    conn.execute(queries.load("open_fetch_session"), {"tenancy_id": t2})
-    conn.execute("set local role pyglue_mapping_reader")
+    conn.execute("set local role pyglue_mapping_reader")  # the policies the fetch login plans under
     plan = [r["QUERY PLAN"] for r in conn.execute("explain (costs off) " + users.fetch_sql,
                                                    {"tenancy_id": t2, "cursor": 0, "limit": 5000})]
     text = "\n".join(plan)

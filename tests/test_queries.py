@@ -9,7 +9,8 @@ import pytest
 
 from pyglue import queries
 
-SAMPLES = {"tenancy_id": uuid.uuid4(), "project": "demo", "users": 10, "busy_retry_s": 1.0}
+SAMPLES = {"tenancy_id": uuid.uuid4(), "project": "demo", "users": 10, "busy_retry_s": 1.0,
+           "pid": 1, "backend_start": None, "xact": "1"}
 NAMES = sorted(p.stem for p in queries.FOLDER.glob("*.sql"))
 
 

@@ -191,7 +191,10 @@ def test_placeholders_become_what_psycopg_sends():
 
 def test_validation_is_switched_off_by_parameter_and_by_the_test_only_env_var(tmp_path, monkeypatch):
     hostile = fetch(", pg_notify('c', 'x')")
-    folder = mapping_folder(tmp_path, fetch_sql=hostile, ddl_sql=DDL + "; create extension dblink")
+    (tmp_path / "ddl").mkdir()
+    bad_ddl = mapping_folder(tmp_path / "ddl", fetch_sql=hostile, ddl_sql=DDL + "; create extension dblink")
+    assert "found CREATE EXTENSION" in refusal(bad_ddl, validate=False)  # DDL templates are always checked
+    folder = mapping_folder(tmp_path, fetch_sql=hostile, ddl_sql=DDL)
     assert "pg_notify" in refusal(folder)
     assert mappings.load(folder, validate=False).fetch_sql == hostile
     assert mappings.select(mappings.load_all([tmp_path], validate=False), ["evil"])[0].fetch_sql == hostile

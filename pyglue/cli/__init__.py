@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import psycopg
 
 from pyglue import dsn as dsns
 from pyglue.errors import PyglueError
+from pyglue.sync.fetch import FETCH_DSN_ENV
 
 
 @dataclass
@@ -70,11 +72,17 @@ def _names_pyglue_object(exc: psycopg.Error) -> bool:
 @click.group(cls=_Group, context_settings={"auto_envvar_prefix": "PYGLUE", "help_option_names": ["-h", "--help"]})
 @click.option("--dsn", envvar="PYGLUE_DSN", metavar="DSN",
               help="Postgres connection string. Default: $PYGLUE_DSN, $DATABASE_URL, else the embedded server.")
+@click.option("--fetch-dsn", envvar=FETCH_DSN_ENV, metavar="DSN",
+              help="Login that mapping queries run as (a DSN, or just 'user=… password=…' over --dsn)."
+                   " Default: user pyglue_fetch on the --dsn server.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and debug output on errors.")
 @click.version_option(package_name="pyglue")
 @click.pass_context
-def cli(ctx: click.Context, dsn: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, dsn: str | None, fetch_dsn: str | None, verbose: bool) -> None:
     """pyglue: change capture, tenant sync and billing state in Postgres."""
+    if fetch_dsn:
+        dsns.parse(fetch_dsn)  # a malformed one is refused here, without echoing it
+        os.environ[FETCH_DSN_ENV] = fetch_dsn  # read by the engine and the worker's threads
     ctx.obj = Context(explicit_dsn=dsn, verbose=verbose)
 
 
