@@ -12,7 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 from perf import chaos
 from pyglue.sync import targets
 from tests import factories as f
-from tests.test_sync_worker import finish, worker_process
+from tests.test_sync_worker import finish, wait_for, worker_process
 
 
 def dbname(dsn: str) -> str:
@@ -49,21 +49,21 @@ def test_a_killed_workers_tenancy_is_taken_over_within_two_seconds(fresh_db, con
     f.users_bulk(conn, tenancy, 10)
     first = worker_process(fresh_db, "--lease", "60")
     try:
-        chaos_wait(lambda: _target_rows(connect, target) == 10, "first sync")
+        wait_for(lambda: _target_rows(connect, target) == 10, 30, "first sync")
         blocker = connect(target)  # park the next sync of `first` on the target, holding its claim
         blocker.execute("lock table users in access exclusive mode")
         f.users_bulk(conn, tenancy, 10, prefix="second")
-        chaos_wait(lambda: _claimed_by(conn, tenancy, first.pid), "claim by the first worker")
-        chaos_wait(lambda: _waiting_on_lock(connect, target), "first worker parked on the target")
+        wait_for(lambda: _claimed_by(conn, tenancy, first.pid), 30, "claim by the first worker")
+        wait_for(lambda: _waiting_on_lock(connect, target), 30, "first worker parked on the target")
         second = worker_process(fresh_db, "--lease", "60")
         try:
-            chaos_wait(lambda: _workers_connected(conn) == 2, "second worker up")
+            wait_for(lambda: _workers_connected(conn) == 2, 30, "second worker up")
             first.send_signal(signal.SIGKILL)
             killed = time.monotonic()
-            chaos_wait(lambda: _claimed_by(conn, tenancy, second.pid), "takeover", timeout=10)
+            wait_for(lambda: _claimed_by(conn, tenancy, second.pid), 10, "takeover")
             takeover_s = time.monotonic() - killed
             blocker.rollback()
-            chaos_wait(lambda: _target_rows(connect, target) == 20, "backlog synced by the second worker")
+            wait_for(lambda: _target_rows(connect, target) == 20, 30, "backlog synced by the second worker")
         finally:
             second.send_signal(signal.SIGTERM)
             assert finish(second)[0] == 0
@@ -73,14 +73,6 @@ def test_a_killed_workers_tenancy_is_taken_over_within_two_seconds(fresh_db, con
         if first.poll() is None:
             first.kill()
         finish(first)
-
-
-def chaos_wait(predicate, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.02)
 
 
 def _target_rows(connect, target: str) -> int:

@@ -160,3 +160,43 @@ def test_a_target_for_an_unknown_tenancy_is_refused(world):
     stranger = uuid.uuid4()
     with pytest.raises(PyglueError, match=f"no tenancy {stranger}"):
         targets.add(world.conn, stranger, "x", "dbname=x")
+
+
+def test_status_says_failing_until_a_success_keeps_the_error_as_history_and_reports_lag(world, connect):
+    f.users_bulk(world.conn, world.tenancy, 3)
+    dsn = world.add_target("flaky")
+    name = dsn.split("dbname=")[1].split()[0]
+    admin = connect(world.dsn, autocommit=True)
+    admin.execute(f'alter database "{name}" with allow_connections false')
+    world.sync()
+    down = {r["mapping_name"]: r for r in targets.status(world.conn, world.tenancy)}["users"]
+    assert down["failing"] and "is not currently accepting connections" in down["last_error"]
+    assert down["oldest_unapplied_age"] is not None and down["oldest_unapplied_age"].total_seconds() >= 0
+    line = CliRunner().invoke(cli, ["--dsn", world.dsn, "status", "--tenant", str(world.tenancy)]).output
+    assert "FAILING since" in line and " lag " in line
+
+    admin.execute(f'alter database "{name}" with allow_connections true')
+    assert world.sync().failed == []
+    up = {r["mapping_name"]: r for r in targets.status(world.conn, world.tenancy)}["users"]
+    assert not up["failing"] and up["last_error"] == down["last_error"]
+    assert up["last_error_at"] == down["last_error_at"] and up["oldest_unapplied_age"] is None
+    line = CliRunner().invoke(cli, ["--dsn", world.dsn, "status", "--tenant", str(world.tenancy)]).output
+    assert "FAILING" not in line and "(recovered; last error at " in line
+
+
+def test_status_lists_only_the_mappings_a_target_syncs(world, tmp_path):
+    from tests.syncing import write_mapping
+
+    f.user(world.conn, world.tenancy)
+    world.add_target()
+    extra = write_mapping(tmp_path, "extra_users", "select u.sequence_id, false as is_deleted, u.id, u.display_name"
+                          " from app.users u where u.tenancy_id = %(tenancy_id)s and u.sequence_id > %(cursor)s"
+                          " order by u.sequence_id limit %(limit)s")
+    world.sync(names=["extra_users"], extra_dirs=[extra])  # registered once, for this target only
+    other = f.tenancy(world.conn, "other")
+    world.add_target("theirs", tenancy=other)
+    world.sync(tenancy=other)
+    mine = {r["mapping_name"] for r in targets.status(world.conn, world.tenancy)}
+    theirs = {r["mapping_name"] for r in targets.status(world.conn, other)}
+    assert mine == {"extra_users"}
+    assert theirs == {"users", "contact_channels", "teams", "team_member_profiles"}

@@ -122,7 +122,10 @@ class Worker:
                                      # give up on a busy target well before the lease runs out
                                      lock_timeout_s=min(60.0, self.options.lease_s / 2),
                                      on_page=lambda: self._renew(source, request_id))
-            self._renew(source, request_id)  # the claim now lives and dies with this thread's session
+            try:
+                self._renew(source, request_id)  # the claim now lives and dies with this thread's session
+            except engine.Stopped:
+                return  # taken by another worker in the meantime: it is theirs
             result = engine.sync_tenancy(source, tenancy, self.mappings, options)
             with source.transaction():
                 if result.stopped or result.sync_disabled:
