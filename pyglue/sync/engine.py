@@ -162,10 +162,14 @@ def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict,
         tables.refuse_source(me["pid"], me["backend_start"])
         tables.lock(options.lock_timeout_s)
         tables.ensure_metadata()
+        with source.transaction():
+            mirrored = {r["mapping_name"]: r["last_synced_sequence_id"] for r in source.execute(
+                "select mapping_name, last_synced_sequence_id from pyglue.sync_cursors where target_id = %s",
+                (target["id"],))}
         for mapping in mappings:
             cursor = tables.ensure_mapping(mapping)
-            # the mirror may lag the target's own cursor (a sync killed between the two writes)
-            _mirror_cursor(source, target["id"], mapping, cursor)
+            if mirrored.get(mapping.name) != cursor:  # the mirror lags (a sync killed between the two writes)
+                _mirror_cursor(source, target["id"], mapping, cursor)
             for _ in range(options.max_pages):
                 if options.stop.is_set():
                     raise Stopped()
