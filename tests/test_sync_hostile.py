@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -131,8 +132,8 @@ def assert_nothing_leaked(world, result) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_validation_refuses_each_attack_with_one_line_naming_the_mapping(tmp_path, world, name):
-    fetch = ATTACKS[name].replace("{other}", str(world.other))
+def test_validation_refuses_each_attack_with_one_line_naming_the_mapping(tmp_path, name):
+    fetch = ATTACKS[name].replace("{other}", str(uuid.uuid4()))
     with pytest.raises(PyglueError) as refused:
         mappings.load(write_mapping(tmp_path, name, fetch) / name)
     message = str(refused.value)

@@ -5,7 +5,9 @@ that finds nothing costs a few index probes) and claims requests; a thread pool 
 `concurrency` threads syncs the claimed tenancies, each with its own connections. Every
 switch of the fusebox is read on every turn. On stop (SIGTERM/SIGINT) running syncs
 finish their current page and hand their requests back; a worker killed outright loses
-nothing either: its leases expire and another worker takes the requests.
+nothing either: its claims are free as soon as the server has closed its sessions (the
+claim records the session that works on it), or when their lease expires, and another
+worker resumes from each target's cursor.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ class Worker:
                     return
                 source.execute("select pyglue.complete_request(%s, %s)", (request_id, self.id))
                 busy = any(t.busy for t in result.targets)
-                if result.failed or busy or any(t.skipped for t in result.targets):
+                if result.failed or any(t.skipped for t in result.targets):
                     source.execute(queries.load("schedule_target_retry"),
                                    {"tenancy_id": tenancy, "busy_retry_s": BUSY_RETRY_S if busy else None})
             for t in result.targets:
