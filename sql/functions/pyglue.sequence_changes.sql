@@ -17,6 +17,10 @@
 -- snapshot (what this function did before 0010) let a delete + re-create that committed
 -- between two statements stamp the row before its tombstone, and the target deleted it.
 -- When tombstones may be left over (a full batch, or one locked), live rows wait too.
+-- Candidates are listed without locks, so a row locked by an open transaction is skipped
+-- in the stamping step, not replaced by another: if a whole batch of one table's
+-- candidates is locked (a long transaction updating that many flagged rows), that table
+-- waits for it to end; other tables go on. Nothing is lost, only delayed.
 --
 -- Passes are serialized by the row lock of pyglue.sequencer_lock (a row no mapping fetch
 -- may read, so none can take it; an advisory lock key anyone can take was used before
