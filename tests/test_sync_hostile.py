@@ -19,6 +19,7 @@ import pytest
 from pyglue import capture
 from pyglue.errors import PyglueError
 from pyglue.sync import engine, fetch, mappings, targets
+from pyglue.sync import target as target_module
 from tests import factories as f
 from tests.syncing import make_world, write_mapping
 
@@ -247,3 +248,12 @@ def test_the_source_database_itself_is_refused_as_a_target(world):
     result = world.sync()
     failed = {t.name: t.error for t in result.failed}
     assert failed == {"self": "the target is the source database itself; refusing to sync into it"}
+
+
+def test_a_squatter_on_the_claim_lock_of_a_new_target_is_named(world):
+    """The claim lock of a first sync has a fixed key (every tenancy's first sync into a
+    database must meet on it); a session of another role holding it is named, after 10 s."""
+    with psycopg.connect(fetch.fetch_dsn(world.targets["main"]), autocommit=True) as squatter:
+        squatter.execute("select pg_advisory_lock(%s)", (target_module.CLAIM_KEY,))
+        [failed] = world.sync().failed
+    assert failed.error.startswith("the target's sync lock is held by role 'pyglue_fetch' (pid ")

@@ -18,6 +18,7 @@ from pyglue.errors import PyglueError
 from pyglue.sync.mappings import Mapping
 
 METADATA = "_pyglue_sync_metadata"
+CLAIM_KEY = 5273190445119269915  # = hashtextextended('pyglue.sync:claim', 0), the key earlier versions used
 # Who holds an advisory lock of this database on a bigint key (split in two 32-bit halves).
 LOCK_HOLDER = """select a.usename, l.pid from pg_locks l left join pg_stat_activity a on a.pid = l.pid
 where l.locktype = 'advisory' and l.granted and l.objsubid = 1
@@ -62,18 +63,22 @@ class TargetTables:
         fault, not as a busy target."""
         if self.lock_key is None:
             raise ValueError("TargetTables.lock needs the target's lock_key")
-        before = self.conn.execute("select current_setting('lock_timeout')").fetchone()[0]
-        self.conn.execute("select set_config('lock_timeout', %s, false)", (f"{max(1, int(timeout_s * 1000))}ms",))
+        self._take("pg_advisory_lock", self.lock_key, timeout_s,
+                   f"another sync of tenancy {self.tenancy_id} into this target is running")
+
+    def _take(self, function: str, key: int, timeout_s: float, busy: str) -> None:
+        """One advisory lock function on key, waiting at most timeout_s. In a savepoint (or its
+        own transaction), so a timeout leaves the caller's transaction usable."""
         try:
-            self.conn.execute("select pg_advisory_lock(%s)", (self.lock_key,))
+            with self.conn.transaction():
+                self.conn.execute("select set_config('lock_timeout', %s, true)", (f"{max(1, int(timeout_s * 1000))}ms",))
+                self.conn.execute(sql.SQL("select {}(%s)").format(sql.Identifier(function)), (key,))
         except psycopg.errors.LockNotAvailable:
-            holder = self.conn.execute(LOCK_HOLDER, {"key": self.lock_key}).fetchone()
+            holder = self.conn.execute(LOCK_HOLDER, {"key": key}).fetchone()
             if holder and holder[0] is not None and holder[0] != self.conn.info.user:
                 raise TargetLockTaken(f"the target's sync lock is held by role {holder[0]!r} (pid {holder[1]}), "
                                       "not by a pyglue sync; end that session") from None
-            raise TargetBusy(f"another sync of tenancy {self.tenancy_id} into this target is running") from None
-        finally:
-            self.conn.execute("select set_config('lock_timeout', %s, false)", (before,))
+            raise TargetBusy(busy) from None
 
     def refuse_source(self, source_pid: int, source_started) -> None:
         """Refuse a target that is the source database itself: the source session is then a
@@ -90,7 +95,8 @@ class TargetTables:
         tenancies' first syncs into one empty database cannot both pass the check."""
         metadata = self._metadata()
         with self.conn.transaction():
-            self.conn.execute("select pg_advisory_xact_lock(hashtextextended('pyglue.sync:claim', 0))")
+            self._take("pg_advisory_xact_lock", CLAIM_KEY, 10, "another tenancy's first sync into this target is "
+                       "claiming it")
             exists = self.conn.execute("select to_regclass(%s) is not null",
                                        (metadata.as_string(self.conn),)).fetchone()[0]
             if not exists:
