@@ -16,8 +16,9 @@
 -- once: a run that meets a team another run is granting waits for that transaction and
 -- then skips the team if it committed (or grants it if it rolled back), and every team
 -- ends with one free plan. p_limit stops after that many grants (null: no limit), so a
--- caller can commit every p_limit rows and call again until it returns 0; a killed run
--- loses only its uncommitted batch, and the next run picks up what is missing.
+-- caller can commit every p_limit rows and call again until it returns 0 (teams that have
+-- a plan are walked again each call; a probe each); a killed run loses only its
+-- uncommitted batch, and the next run picks up what is missing.
 -- Returns: teams granted by this call.
 -- Errors: 22023 bad batch size or limit, or a free product that is not a team
 -- subscription exclusive in its line (customer_type team, an interval, neither add-on nor
@@ -79,19 +80,18 @@ begin
     loop
         v_tenancies := v_tenancies + 1;
         v_from := '00000000-0000-0000-0000-000000000000';  -- the smallest uuid
+        v_last := null;
         loop
             v_batch := least(p_batch_size, p_limit - v_total);
             exit when v_batch <= 0;
-            -- a granted (or concurrently granted and waited for) team is no candidate
-            -- again, so the next batch may start at the last one (>=) and still advance
-            with candidate as (
+            -- the next batch of teams (id >= v_from, the last batch's last team excluded);
+            -- the unique index decides who gets a plan: a team with a live plan in the line
+            -- is a conflict, found by one index probe and skipped without writing. No NOT
+            -- EXISTS: right after a bulk load the planner may think billing.subscriptions is
+            -- empty and turn it into a nested loop over every plan of the line per team.
+            with batch as (
                 select t.id from app.teams t
-                where t.tenancy_id = v_free.tenancy_id and t.id >= v_from
-                  and not exists (
-                      select 1 from billing.subscriptions s
-                      where s.tenancy_id = t.tenancy_id and s.customer_type = 'team' and s.customer_id = t.id::text
-                        and s.line_key = v_free.line_key and s.ended_at is null and not s.is_add_on
-                        and not s.stackable)
+                where t.tenancy_id = v_free.tenancy_id and t.id >= v_from and t.id is distinct from v_last
                 order by t.id
                 limit v_batch
             ), granted as (
@@ -99,17 +99,17 @@ begin
                                                    product_version_id, product_line, is_add_on, stackable, status,
                                                    quantity, started_at, current_period_start, current_period_end,
                                                    creation_source)
-                select v_free.tenancy_id, 'team', c.id::text, p_product_id, v_free.version_id, v_free.product_line,
+                select v_free.tenancy_id, 'team', b.id::text, p_product_id, v_free.version_id, v_free.product_line,
                        false, false, 'active', 1, now(), now(), now() + v_free.period, 'api_grant'
-                from candidate c
+                from batch b
                 on conflict (tenancy_id, customer_type, customer_id, line_key)
                     where ended_at is null and not is_add_on and not stackable
                 do nothing
                 returning 1
             )
-            select (select count(*) from granted), (select c.id from candidate c order by c.id desc limit 1)
+            select (select count(*) from granted), (select b.id from batch b order by b.id desc limit 1)
             into v_granted, v_last;
-            exit when v_last is null or (v_last = v_from and v_granted = 0);  -- the guard never fires, see above
+            exit when v_last is null;
             v_total := v_total + v_granted;
             v_from := v_last;
         end loop;

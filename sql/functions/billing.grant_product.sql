@@ -105,7 +105,8 @@ begin
         where s.tenancy_id = p_tenancy_id and s.customer_type = p_customer_type and s.customer_id = v_customer_id
           and s.line_key = v_version.line_key and s.ended_at is null and not s.is_add_on and not s.stackable;
         raise exception '% % already has a live subscription in %: % of product "%"', p_customer_type, v_customer_id,
-            coalesce(format('product line "%s"', v_version.product_line), format('product "%s"', p_product_id)),
+            case when v_version.product_line is null then format('product "%s"', p_product_id)
+                 else format('product line "%s"', v_version.product_line) end,
             v_existing.id, v_existing.product_id using errcode = '23505';
     end;
     return v_id;

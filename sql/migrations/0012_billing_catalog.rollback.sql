@@ -1,6 +1,6 @@
 -- Rollback of 0012: everything it made goes, functions first, then the tables in reverse
 -- order of their foreign keys, then the version-id function their check uses.
-drop function if exists billing.regen_subscriptions_to_latest(text, integer, bigint);
+drop function if exists billing.regen_subscriptions_to_latest(text, bigint);
 drop function if exists billing.backfill_free_plans(text, text, integer, bigint);
 drop function if exists billing.cancel_subscription(uuid, uuid, boolean, timestamptz);
 drop function if exists billing.grant_product(uuid, text, text, text, integer, text, timestamptz);

@@ -49,7 +49,7 @@ comment on table billing.products is 'Products of a tenancy; current_version_id 
 -- row whose content was edited in place cannot exist (and its id is referenced, so it
 -- cannot change either). The columns purchases need are generated from the content.
 create table if not exists billing.product_versions (
-    id            text primary key check (id = billing._version_id(tenancy_id, product_id, content)),
+    id            text primary key,
     tenancy_id    uuid not null references app.tenancies (id) on delete cascade,
     product_id    text not null,
     content       jsonb not null,
@@ -64,6 +64,7 @@ create table if not exists billing.product_versions (
     line_key      text not null generated always as
                   (coalesce('line:' || (content ->> 'product_line'), 'product:' || product_id)) stored,
     created_at    timestamptz not null default now(),
+    constraint product_versions_content_address_check check (id = billing._version_id(tenancy_id, product_id, content)),
     -- what the foreign keys of products, one-time purchases and subscriptions point at
     constraint product_versions_product_key unique (tenancy_id, product_id, id),
     constraint product_versions_customer_type_key unique (tenancy_id, product_id, id, customer_type),
@@ -155,13 +156,16 @@ create unique index if not exists one_time_purchases_stripe_id_idx
 create index if not exists one_time_purchases_customer_idx
     on billing.one_time_purchases (tenancy_id, customer_type, customer_id);
 
--- forward-only history of regen: a row per move, never updated
+-- forward-only history of regen: a row per move, never updated. The version ids carry no
+-- foreign keys: only regen writes them, from a subscription whose version key was just
+-- checked, versions are never deleted but with their tenancy (whose deletion reaches this
+-- table through the subscription), and the two checks cost 2 of 14 s per 100,000 moves.
 create table if not exists billing.subscription_moves (
     tenancy_id      uuid not null,
     id              bigint generated always as identity,
     subscription_id uuid not null,
-    from_version_id text not null references billing.product_versions (id),
-    to_version_id   text not null references billing.product_versions (id),
+    from_version_id text not null,
+    to_version_id   text not null,
     moved_at        timestamptz not null default now(),
     primary key (tenancy_id, id),
     constraint subscription_moves_subscription_fkey
@@ -586,7 +590,8 @@ begin
         where s.tenancy_id = p_tenancy_id and s.customer_type = p_customer_type and s.customer_id = v_customer_id
           and s.line_key = v_version.line_key and s.ended_at is null and not s.is_add_on and not s.stackable;
         raise exception '% % already has a live subscription in %: % of product "%"', p_customer_type, v_customer_id,
-            coalesce(format('product line "%s"', v_version.product_line), format('product "%s"', p_product_id)),
+            case when v_version.product_line is null then format('product "%s"', p_product_id)
+                 else format('product line "%s"', v_version.product_line) end,
             v_existing.id, v_existing.product_id using errcode = '23505';
     end;
     return v_id;
@@ -675,8 +680,9 @@ comment on function billing.cancel_subscription(uuid, uuid, boolean, timestamptz
 -- once: a run that meets a team another run is granting waits for that transaction and
 -- then skips the team if it committed (or grants it if it rolled back), and every team
 -- ends with one free plan. p_limit stops after that many grants (null: no limit), so a
--- caller can commit every p_limit rows and call again until it returns 0; a killed run
--- loses only its uncommitted batch, and the next run picks up what is missing.
+-- caller can commit every p_limit rows and call again until it returns 0 (teams that have
+-- a plan are walked again each call; a probe each); a killed run loses only its
+-- uncommitted batch, and the next run picks up what is missing.
 -- Returns: teams granted by this call.
 -- Errors: 22023 bad batch size or limit, or a free product that is not a team
 -- subscription exclusive in its line (customer_type team, an interval, neither add-on nor
@@ -738,19 +744,18 @@ begin
     loop
         v_tenancies := v_tenancies + 1;
         v_from := '00000000-0000-0000-0000-000000000000';  -- the smallest uuid
+        v_last := null;
         loop
             v_batch := least(p_batch_size, p_limit - v_total);
             exit when v_batch <= 0;
-            -- a granted (or concurrently granted and waited for) team is no candidate
-            -- again, so the next batch may start at the last one (>=) and still advance
-            with candidate as (
+            -- the next batch of teams (id >= v_from, the last batch's last team excluded);
+            -- the unique index decides who gets a plan: a team with a live plan in the line
+            -- is a conflict, found by one index probe and skipped without writing. No NOT
+            -- EXISTS: right after a bulk load the planner may think billing.subscriptions is
+            -- empty and turn it into a nested loop over every plan of the line per team.
+            with batch as (
                 select t.id from app.teams t
-                where t.tenancy_id = v_free.tenancy_id and t.id >= v_from
-                  and not exists (
-                      select 1 from billing.subscriptions s
-                      where s.tenancy_id = t.tenancy_id and s.customer_type = 'team' and s.customer_id = t.id::text
-                        and s.line_key = v_free.line_key and s.ended_at is null and not s.is_add_on
-                        and not s.stackable)
+                where t.tenancy_id = v_free.tenancy_id and t.id >= v_from and t.id is distinct from v_last
                 order by t.id
                 limit v_batch
             ), granted as (
@@ -758,17 +763,17 @@ begin
                                                    product_version_id, product_line, is_add_on, stackable, status,
                                                    quantity, started_at, current_period_start, current_period_end,
                                                    creation_source)
-                select v_free.tenancy_id, 'team', c.id::text, p_product_id, v_free.version_id, v_free.product_line,
+                select v_free.tenancy_id, 'team', b.id::text, p_product_id, v_free.version_id, v_free.product_line,
                        false, false, 'active', 1, now(), now(), now() + v_free.period, 'api_grant'
-                from candidate c
+                from batch b
                 on conflict (tenancy_id, customer_type, customer_id, line_key)
                     where ended_at is null and not is_add_on and not stackable
                 do nothing
                 returning 1
             )
-            select (select count(*) from granted), (select c.id from candidate c order by c.id desc limit 1)
+            select (select count(*) from granted), (select b.id from batch b order by b.id desc limit 1)
             into v_granted, v_last;
-            exit when v_last is null or (v_last = v_from and v_granted = 0);  -- the guard never fires, see above
+            exit when v_last is null;
             v_total := v_total + v_granted;
             v_from := v_last;
         end loop;
@@ -784,7 +789,7 @@ comment on function billing.backfill_free_plans(text, text, integer, bigint) is
     'Give every team of the project without a live plan in the free product''s line the free product''s current version. Idempotent, concurrency-safe, set-based. Returns teams granted.';
 
 -- copied from sql/functions/billing.regen_subscriptions_to_latest.sql
--- billing.regen_subscriptions_to_latest(p_project_id, p_batch_size, p_limit): move every
+-- billing.regen_subscriptions_to_latest(p_project_id, p_limit): move every
 -- live subscription of the project's tenancies whose version is not its product's current
 -- version to that version.
 --
@@ -797,19 +802,22 @@ comment on function billing.backfill_free_plans(text, text, integer, bigint) is
 -- copies of the version's product_line / is_add_on / stackable on the subscription follow
 -- the version (a foreign key holds them equal).
 --
--- Set-based: per tenancy, one UPDATE ... FROM per batch of p_batch_size stale
--- subscriptions in id order (keyset). Rows already on the current version are not in
--- any UPDATE, so a re-run moves 0 and writes nothing. Two runs at once: the second waits
--- on the rows the first moved, re-checks them (they are no longer on the old version) and
--- skips them, so each move is made and logged once. p_limit stops after that many moves
--- (null: no limit), for callers that commit in batches; calling again continues.
+-- Set-based: per tenancy of the project, one statement locks the stale rows and logs
+-- their moves, one UPDATE moves them. Rows already on the current version are neither
+-- locked nor updated, so a re-run moves 0 and writes nothing. Two runs at once: the second
+-- waits on the rows the first locked, re-checks them (they are no longer on the old
+-- version) and skips them, so each move is made and logged once. p_limit stops after that
+-- many moves (null: no limit), for callers that commit in batches; calling again
+-- continues with the rows still stale (a call racing another run may return 0 early:
+-- the rows it waited for are the other run's). (No keyset batches inside one call: they would
+-- share its transaction anyway, and ordering the stale rows cost more than moving them.)
 -- Returns: subscriptions moved by this call.
--- Errors: 22023 bad batch size or limit; P0002 unknown project; 23505 a move that would
+-- Errors: 22023 bad limit; P0002 unknown project; 23505 a move that would
 -- give a customer two live plans in one product line (the version changed its line or
 -- stopped being an add-on), naming the project.
--- Locks: the moved rows (FOR NO KEY UPDATE, by the UPDATE).
+-- Locks: the moved rows (FOR NO KEY UPDATE) and the products of the tenancy that have
+-- stale subscriptions (FOR SHARE: billing.upsert_product of them waits for the commit).
 create or replace function billing.regen_subscriptions_to_latest(p_project_id text default 'internal',
-                                                                 p_batch_size integer default 10000,
                                                                  p_limit bigint default null)
 returns bigint
 language plpgsql
@@ -817,17 +825,11 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_tenancy_id uuid;
-    v_from uuid;
-    v_last uuid;
-    v_batch bigint;
+    v_ids uuid[];
     v_moved bigint;
     v_total bigint := 0;
     v_detail text;
 begin
-    if p_batch_size is null or p_batch_size < 1 then
-        raise exception 'batch size must be at least 1, got %', coalesce(p_batch_size::text, 'null')
-            using errcode = '22023';
-    end if;
     if p_limit is not null and p_limit < 1 then
         raise exception 'limit must be at least 1 or null, got %', p_limit using errcode = '22023';
     end if;
@@ -835,7 +837,7 @@ begin
         raise exception 'no project %', coalesce(quote_literal(p_project_id), 'null') using errcode = 'P0002';
     end if;
 
-    -- one exception block for the whole run, not one per batch: each block that writes is a
+    -- one exception block for the whole run, not one per tenancy: each block that writes is a
     -- subtransaction, and more than 64 of them in one transaction slow every snapshot
     begin
         for v_tenancy_id in
@@ -844,41 +846,39 @@ begin
               and exists (select 1 from billing.products p where p.tenancy_id = tn.id)
             order by tn.id
         loop
-            v_from := '00000000-0000-0000-0000-000000000000';  -- the smallest uuid
-            loop
-                v_batch := least(p_batch_size, p_limit - v_total);
-                exit when v_batch <= 0;
-                -- a moved subscription is no longer stale, so the next batch may start at
-                -- the last one (>=) and still advance
-                with stale as (
-                    select s.id, s.product_version_id as from_version_id, v.id as to_version_id,
-                           v.product_line, v.is_add_on, v.stackable
-                    from billing.subscriptions s
-                    join billing.products p on p.tenancy_id = s.tenancy_id and p.product_id = s.product_id
-                    join billing.product_versions v on v.id = p.current_version_id
-                    where s.tenancy_id = v_tenancy_id and s.id >= v_from and s.ended_at is null
-                      and s.product_version_id <> p.current_version_id
-                    order by s.id
-                    limit v_batch
-                ), moved as (
-                    update billing.subscriptions s
-                    set product_version_id = st.to_version_id, product_line = st.product_line,
-                        is_add_on = st.is_add_on, stackable = st.stackable
-                    from stale st
-                    where s.tenancy_id = v_tenancy_id and s.id = st.id
-                      and s.product_version_id = st.from_version_id and s.ended_at is null
-                    returning s.tenancy_id, s.id, st.from_version_id, st.to_version_id
-                ), logged as (
-                    insert into billing.subscription_moves (tenancy_id, subscription_id, from_version_id, to_version_id)
-                    select m.tenancy_id, m.id, m.from_version_id, m.to_version_id from moved m
-                    returning 1
-                )
-                select (select count(*) from logged), (select st.id from stale st order by st.id desc limit 1)
-                into v_moved, v_last;
-                exit when v_last is null or (v_last = v_from and v_moved = 0);  -- the guard never fires, see above
-                v_total := v_total + v_moved;
-                v_from := v_last;
-            end loop;
+            exit when v_total >= p_limit;
+            -- per tenancy two statements and no join of billing.subscriptions with itself
+            -- or with a list of its rows: right after a bulk load the planner may take the
+            -- table for empty and run such a join as a nested loop over all its rows per row.
+            -- 1. Lock the stale rows (and their products, so the current version cannot
+            -- change under us) and log the moves. A row another run moved meanwhile is
+            -- re-checked after its lock is released, is no longer stale, and drops out.
+            -- With p_limit, any p_limit - v_total of them: no order is needed, a moved row
+            -- is no longer stale and the next call takes others.
+            with stale as (
+                select s.id, s.product_version_id as from_version_id, p.current_version_id as to_version_id
+                from billing.subscriptions s
+                join billing.products p on p.tenancy_id = s.tenancy_id and p.product_id = s.product_id
+                where s.tenancy_id = v_tenancy_id and s.ended_at is null
+                  and s.product_version_id <> p.current_version_id
+                limit p_limit - v_total
+                for no key update of s for share of p
+            ), logged as (
+                insert into billing.subscription_moves (tenancy_id, subscription_id, from_version_id, to_version_id)
+                select v_tenancy_id, st.id, st.from_version_id, st.to_version_id from stale st
+                returning subscription_id
+            )
+            select array_agg(l.subscription_id) into v_ids from logged l;
+            continue when v_ids is null;
+            -- 2. Move them: rows found by primary key (= ANY), the small product tables joined.
+            update billing.subscriptions s
+            set product_version_id = v.id, product_line = v.product_line, is_add_on = v.is_add_on,
+                stackable = v.stackable
+            from billing.products p join billing.product_versions v on v.id = p.current_version_id
+            where s.tenancy_id = v_tenancy_id and s.id = any (v_ids)
+              and p.tenancy_id = s.tenancy_id and p.product_id = s.product_id;
+            get diagnostics v_moved = row_count;
+            v_total := v_total + v_moved;
         end loop;
     exception when unique_violation then
         get stacked diagnostics v_detail = pg_exception_detail;
@@ -889,5 +889,5 @@ begin
 end;
 $$;
 
-comment on function billing.regen_subscriptions_to_latest(text, integer, bigint) is
+comment on function billing.regen_subscriptions_to_latest(text, bigint) is
     'Move every live subscription of the project to its product''s current version, logging each move in billing.subscription_moves. Returns subscriptions moved.';
