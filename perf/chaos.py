@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import tuple_row
 
 from pyglue import paths
@@ -279,11 +280,12 @@ class Workers:
 
 def outage(admin_dsn: str, dbname: str, seconds: float) -> None:
     """The target refuses connections and loses the ones it has, then comes back."""
+    allow = sql.SQL("alter database {} with allow_connections {}")
     with connect(admin_dsn) as admin:
-        admin.execute(f'alter database "{dbname}" with allow_connections false')
+        admin.execute(allow.format(sql.Identifier(dbname), sql.SQL("false")))
         admin.execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (dbname,))
         time.sleep(seconds)
-        admin.execute(f'alter database "{dbname}" with allow_connections true')
+        admin.execute(allow.format(sql.Identifier(dbname), sql.SQL("true")))
 
 
 def caught_up(source: psycopg.Connection) -> bool:

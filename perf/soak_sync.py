@@ -20,7 +20,7 @@ import click
 from psycopg.conninfo import make_conninfo
 
 from perf import chaos
-from perf.bench_sequencer import BENCH_HOME, machine_facts, write_block
+from perf.bench_sequencer import BENCH_HOME, machine_facts, run, write_block
 from pyglue import db, embedded, migrate
 from pyglue.sync import targets
 
@@ -33,8 +33,8 @@ TARGET_DBS = ("pyglue_soak_a1", "pyglue_soak_a2", "pyglue_soak_b1")
 def fresh_databases(server_dsn: str) -> str:
     with db.connect(server_dsn, autocommit=True) as conn:
         for name in (SOURCE_DB, *TARGET_DBS):
-            conn.execute(f'drop database if exists "{name}" with (force)')
-            conn.execute(f'create database "{name}"')
+            run(conn, "drop_database", database=name)
+            run(conn, "create_database", database=name)
     source = make_conninfo(server_dsn, dbname=SOURCE_DB)
     migrate.migrate(source)
     return source
