@@ -124,11 +124,13 @@ def _show_traceback(verbose: bool) -> None:
         traceback.print_exc()
 
 
-from pyglue.cli import capture as _capture  # noqa: E402  (register command groups)
+from pyglue.cli import billing as _billing  # noqa: E402  (register command groups)
+from pyglue.cli import capture as _capture  # noqa: E402
 from pyglue.cli import db as _db  # noqa: E402
 from pyglue.cli import demo as _demo  # noqa: E402
 from pyglue.cli import sync as _sync  # noqa: E402
 
+cli.add_command(_billing.billing)
 cli.add_command(_db.db)
 cli.add_command(_demo.demo)
 cli.add_command(_capture.sequence)

@@ -1,0 +1,1 @@
+"""Billing state from Python: batch drivers of the SQL jobs (jobs), Stripe sync (stripe)."""
