@@ -23,7 +23,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from yoyo import get_backend, read_migrations
 
-from pyglue import db, paths
+from pyglue import db, paths, queries
 from pyglue import dsn as dsns
 from pyglue.errors import PyglueError
 
@@ -55,7 +55,7 @@ def migrate(
             backend.run_post_apply(pending)
         return [m.id for m in pending]
 
-    return _locked(dsn, directory, lock_timeout, break_lock, apply)
+    return _locked(dsn, directory, lock_timeout, break_lock, apply, report)
 
 
 def rollback(
@@ -83,10 +83,11 @@ def rollback(
             done.append(migration.id)
         return done
 
-    return _locked(dsn, directory, lock_timeout, False, undo)
+    return _locked(dsn, directory, lock_timeout, False, undo, report)
 
 
-def _locked(dsn: str, directory: Path, lock_timeout: float, break_lock: bool, work) -> list[str]:
+def _locked(dsn: str, directory: Path, lock_timeout: float, break_lock: bool, work,
+            report: Callable[[str], None] = lambda _line: None) -> list[str]:
     """Run work(backend, migrations) under both locks (see the module docstring)."""
     migrations = read_migrations(str(directory))
     with db.connect(dsn, autocommit=True, application_name="pyglue migrate") as lock_conn:
@@ -97,7 +98,7 @@ def _locked(dsn: str, directory: Path, lock_timeout: float, break_lock: bool, wo
             if break_lock:
                 backend.break_lock()
             with lock_conn.transaction(force_rollback=True):
-                _hold_yoyo_lock(lock_conn, lock_timeout)
+                _hold_yoyo_lock(lock_conn, backend, lock_timeout, report)
                 return work(backend, migrations)
         finally:
             backend.connection.close()
@@ -165,9 +166,16 @@ def _take_advisory_lock(conn: psycopg.Connection, timeout: float) -> None:
     conn.execute("reset lock_timeout")
 
 
-def _hold_yoyo_lock(conn: psycopg.Connection, timeout: float) -> None:
-    """Insert yoyo's lock row without committing it; wait while a plain `yoyo apply` holds it."""
+def _hold_yoyo_lock(conn: psycopg.Connection, backend, timeout: float, report: Callable[[str], None]) -> None:
+    """Insert yoyo's lock row without committing it; wait while a plain `yoyo apply` holds it.
+
+    A row left by a killed `yoyo apply` is committed and stays until someone deletes it. It
+    is provably stale when no session other than ours is connected to the database: a
+    running `yoyo apply` keeps its connection open from before it takes the row until after
+    it deletes it. Then it is deleted (committed on yoyo's own connection) with one line of
+    report; otherwise we wait as for a live holder."""
     deadline = time.monotonic() + timeout
+    ours = [conn.info.backend_pid, backend.connection.info.backend_pid]
     while True:
         try:
             with conn.transaction():
@@ -177,13 +185,24 @@ def _hold_yoyo_lock(conn: psycopg.Connection, timeout: float) -> None:
                 )
             return
         except psycopg.errors.UniqueViolation:
+            holder = conn.execute("select pid, ctime from yoyo_lock").fetchone()
+            if holder is None:  # released between our insert and this read
+                continue
+            if _no_other_sessions(conn, ours):
+                backend.break_lock()
+                report(f"removed a stale yoyo_lock row of process {holder['pid']} since "
+                       f"{holder['ctime']:%Y-%m-%d %H:%M:%S} UTC (no other session is connected to the database)")
+                continue
             if time.monotonic() > deadline:
-                holder = conn.execute("select pid, ctime from yoyo_lock").fetchone()
                 raise PyglueError(
                     f"yoyo_lock is held by process {holder['pid']} since {holder['ctime']:%Y-%m-%d %H:%M:%S} UTC; "
                     "if no `yoyo apply` is running, rerun with --break-lock"
                 ) from None
             time.sleep(0.2)
+
+
+def _no_other_sessions(conn: psycopg.Connection, ours: list[int]) -> bool:
+    return conn.execute(queries.load("other_sessions_in_database"), {"ours": ours}).fetchone()["others"] == 0
 
 
 def _backend(dsn: str):

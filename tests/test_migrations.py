@@ -133,14 +133,52 @@ def test_runner_killed_while_holding_the_lock_does_not_block_the_next(make_datab
     assert [s.applied for s in migrate.status(target, folder)] == [True] * (len(ALL) + 1)
 
 
-def test_stale_yoyo_lock_row_is_reported_and_can_be_broken(make_database):
+def test_yoyo_lock_row_is_kept_while_another_session_could_hold_it(make_database):
     target = make_database()
     migrate.migrate(target)
-    with psycopg.connect(target) as c:
-        c.execute("insert into yoyo_lock (locked, ctime, pid) values (1, now(), 424242)")
-    with pytest.raises(PyglueError, match="held by process 424242.*--break-lock"):
-        migrate.migrate(target, lock_timeout=0.5)
-    assert migrate.migrate(target, break_lock=True) == []
+    with psycopg.connect(target, autocommit=True) as other:  # could be a live `yoyo apply`
+        other.execute("insert into yoyo_lock (locked, ctime, pid) values (1, now(), 424242)")
+        with pytest.raises(PyglueError, match="held by process 424242.*--break-lock"):
+            migrate.migrate(target, lock_timeout=0.5)
+        assert other.execute("select count(*) from yoyo_lock").fetchone()[0] == 1
+        assert migrate.migrate(target, break_lock=True) == []
+        assert other.execute("select count(*) from yoyo_lock").fetchone()[0] == 0
+
+
+@pytest.mark.slow
+def test_lock_row_of_a_killed_yoyo_apply_is_removed_without_waiting(make_database, tmp_path):
+    """A plain `yoyo apply` killed mid-migration leaves its committed yoyo_lock row; once its
+    session is gone nobody can hold it, and pyglue db migrate removes it with one line."""
+    target = make_database()
+    folder = _sleepy_migrations(tmp_path)
+    env = dict(os.environ, PGOPTIONS="-c pyglue.test_sleep=60")
+    yoyo = [str(Path(sys.executable).with_name("yoyo")), "apply", "--batch", "--no-config-file",
+            "--database", dsns.to_yoyo_url(target), str(folder)]
+    victim = subprocess.Popen(yoyo, env=env, cwd=paths.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with psycopg.connect(target, autocommit=True) as watcher:
+        def sleeping() -> bool:
+            return watcher.execute("select count(*) from pg_stat_activity"
+                                   " where query like 'select pg_sleep%%' and state = 'active'").fetchone()[0] == 1
+        _wait_for(sleeping)
+        assert watcher.execute("select count(*) from yoyo_lock").fetchone()[0] == 1
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        # the server ends the orphaned backend when it next talks to its client; here, now
+        watcher.execute("select pg_terminate_backend(pid) from pg_stat_activity where query like 'select pg_sleep%%'"
+                        " and pid <> pg_backend_pid()")
+        _wait_for(lambda: not sleeping())
+
+    started = time.monotonic()
+    done = subprocess.run(pyglue_cmd("--dsn", target, "db", "migrate", "--migrations-dir", str(folder),
+                                     "--lock-timeout", "60"),
+                          cwd=paths.ROOT, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 30
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("removed a stale yoyo_lock row of process ")
+    assert "no other session is connected" in lines[0]
+    assert lines[1:] == [f"applying {len(ALL) + 1:04d}_sleep", f"1 migration(s) applied to {dsns.describe(target)}"]
+    assert [s.applied for s in migrate.status(target, folder)] == [True] * (len(ALL) + 1)
     with psycopg.connect(target) as c:
         assert c.execute("select count(*) from yoyo_lock").fetchone()[0] == 0
 
