@@ -182,3 +182,23 @@ def test_regen_killed_mid_run_then_rerun_moves_each_subscription_once(fresh_db, 
     moves = c.execute("select subscription_id, count(*) as n from billing.subscription_moves where tenancy_id = %s"
                       " group by 1", (t,)).fetchall()
     assert len(moves) == 100 and {m["n"] for m in moves} == {1}
+
+
+def test_db_init_migrates_backfills_and_regens_then_has_nothing_to_do(make_database, connect):
+    target = make_database()
+    first = invoke(target, "db", "init")
+    assert first.exit_code == 0, first.output
+    lines = first.output.splitlines()
+    assert [line.split()[0] for line in lines] == ["migrate", "backfill", "regen"]
+    migrations = [m for m in paths.MIGRATIONS.glob("*.sql") if not m.name.endswith(".rollback.sql")]
+    assert lines[0].endswith(f" {len(migrations)} migration(s) applied")
+    c = connect(target, autocommit=True)
+    t = f.tenancy(c, "internal")
+    teams(c, t, 12)
+    upsert(c, t, FREE)
+    assert json.loads(invoke(target, "db", "init", "--json").output) == {"migrate": 0, "backfill": 12, "regen": 0}
+    latest = upsert(c, t, FREE | {"display_name": "Free 2"})
+    teams(c, t, 3)
+    assert json.loads(invoke(target, "db", "init", "--json").output) == {"migrate": 0, "backfill": 3, "regen": 12}
+    assert {r["product_version_id"] for r in plans(c, t)} == {latest}
+    assert json.loads(invoke(target, "db", "init", "--json").output) == {"migrate": 0, "backfill": 0, "regen": 0}

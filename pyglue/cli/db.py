@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from pyglue import embedded, migrate, paths
+from pyglue.billing import init
 from pyglue import dsn as dsns
 from pyglue.cli import FiniteFloatRange
 
@@ -97,3 +99,25 @@ def new_migration_cmd(slug: str, routines: tuple[Path, ...]) -> None:
     """Write the next migration SLUG, copying ROUTINES (files of sql/functions, sql/triggers) into it."""
     path = migrate.new_migration(slug, list(routines))
     click.echo(f"wrote {path.relative_to(paths.ROOT)}")
+
+
+@db.command("init")
+@click.option("--project", "project_id", default="internal", show_default=True, metavar="ID",
+              help="Project whose teams get the free plan and whose subscriptions move to the latest versions.")
+@click.option("--free-product", "free_product_id", default="free", show_default=True, metavar="ID",
+              help="The free product of the backfill.")
+@click.option("--batch-size", type=click.IntRange(min=1, max=1_000_000), default=10000, show_default=True,
+              help="Rows per committed batch of the backfill and the regen.")
+@_lock_timeout
+@click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON.")
+@click.pass_obj
+def init_cmd(obj, project_id: str, free_product_id: str, batch_size: int, lock_timeout: float,
+             as_json: bool) -> None:
+    """After a deploy: migrate, backfill free plans, regen to the latest versions (each step idempotent)."""
+    def line(step: init.Step) -> None:
+        if not as_json:
+            click.echo(f"{step.name:<9} {step.line}")
+
+    steps = init.run(obj.dsn, project_id, free_product_id, batch_size, lock_timeout, report=line)
+    if as_json:
+        click.echo(json.dumps({step.name: step.count for step in steps}))
