@@ -2,17 +2,21 @@
 -- live subscription of the project's tenancies whose version is not its product's current
 -- version to that version.
 --
--- Any creation source moves: test-mode, API grants and Stripe-backed ones (the Stripe
--- layer must then write the new version id into the Stripe subscription's metadata, so a
--- later Stripe sync does not move it back; that outbox is not built yet). Ended
+-- Any creation source moves: test-mode, API grants and Stripe-backed ones. A Stripe-backed
+-- move also queues, in the same statement, a row in billing.stripe_outbox asking for the
+-- new version id in the Stripe subscription's metadata (pyglue_product_version_id); the
+-- Stripe layer delivers it with retries (pyglue billing stripe-deliver), and until it has,
+-- billing.upsert_stripe_subscriptions keeps the new version, so a later Stripe sync does not
+-- move it back. A subscription with an undelivered row still gets one row: its metadata is
+-- replaced by the newest version and it is due at once. Ended
 -- subscriptions keep the version they ended on; other projects are not read or written.
 -- Forward-only: each move is one row in billing.subscription_moves (from, to, when),
 -- which is never updated, so what a subscription was pinned to before is kept. The
 -- copies of the version's product_line / is_add_on / stackable on the subscription follow
 -- the version (a foreign key holds them equal).
 --
--- Set-based: per tenancy of the project, one statement locks the stale rows and logs
--- their moves, one UPDATE moves them. Rows already on the current version are neither
+-- Set-based: per tenancy of the project, one statement locks the stale rows, logs their
+-- moves and queues the Stripe writes, one UPDATE moves them. Rows already on the current version are neither
 -- locked nor updated, so a re-run moves 0 and writes nothing. Two runs at once: the second
 -- waits on the rows the first locked, re-checks them (they are no longer on the old
 -- version) and skips them, so each move is made and logged once. p_limit stops after that
@@ -24,8 +28,10 @@
 -- Errors: 22023 bad limit; P0002 unknown project; 23505 a move that would
 -- give a customer two live plans in one product line (the version changed its line or
 -- stopped being an add-on), naming the project.
--- Locks: the moved rows (FOR NO KEY UPDATE) and the products of the tenancy that have
--- stale subscriptions (FOR SHARE: billing.upsert_product of them waits for the commit).
+-- Locks: the moved rows (FOR NO KEY UPDATE; a Stripe sync writing them waits, and then sees
+-- the move and its outbox row), the products of the tenancy that have stale subscriptions
+-- (FOR SHARE: billing.upsert_product of them waits for the commit), and the undelivered
+-- outbox rows it replaces.
 create or replace function billing.regen_subscriptions_to_latest(p_project_id text default 'internal',
                                                                  p_limit bigint default null)
 returns bigint
@@ -65,7 +71,8 @@ begin
             -- With p_limit, any p_limit - v_total of them: no order is needed, a moved row
             -- is no longer stale and the next call takes others.
             with stale as (
-                select s.id, s.product_version_id as from_version_id, p.current_version_id as to_version_id
+                select s.id, s.product_version_id as from_version_id, p.current_version_id as to_version_id,
+                       s.stripe_subscription_id
                 from billing.subscriptions s
                 join billing.products p on p.tenancy_id = s.tenancy_id and p.product_id = s.product_id
                 where s.tenancy_id = v_tenancy_id and s.ended_at is null
@@ -76,6 +83,13 @@ begin
                 insert into billing.subscription_moves (tenancy_id, subscription_id, from_version_id, to_version_id)
                 select v_tenancy_id, st.id, st.from_version_id, st.to_version_id from stale st
                 returning subscription_id
+            ), queued as (
+                insert into billing.stripe_outbox (tenancy_id, subscription_id, stripe_subscription_id, metadata)
+                select v_tenancy_id, st.id, st.stripe_subscription_id,
+                       jsonb_build_object('pyglue_product_version_id', st.to_version_id)
+                from stale st where st.stripe_subscription_id is not null
+                on conflict (tenancy_id, subscription_id) where delivered_at is null
+                do update set metadata = excluded.metadata, next_attempt_at = now()
             )
             select array_agg(l.subscription_id) into v_ids from logged l;
             continue when v_ids is null;
