@@ -1,0 +1,37 @@
+-- billing.verify_ledger(): the differences between the derived points of every item history
+-- (billing.item_balances) and a fold of its inputs from nothing (billing._item_points from
+-- '-infinity'). Empty when derived state is right.
+-- Returns: one row per differing point: the history, the instant, and the expected and
+-- stored balance and debt (null on the side that has no point there); lots differing at
+-- an instant where balance and debt agree are reported too.
+create or replace function billing.verify_ledger()
+returns table (tenancy_id uuid, customer_type text, customer_id text, item_id text, at timestamptz,
+               expected_balance bigint, stored_balance bigint, expected_debt bigint, stored_debt bigint)
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    with histories as (
+        select e.tenancy_id, e.customer_type, e.customer_id, e.item_id from billing.item_events e
+        union
+        select b.tenancy_id, b.customer_type, b.customer_id, b.item_id from billing.item_balances b
+    ), expected as (
+        select h.tenancy_id, h.customer_type, h.customer_id, h.item_id, p.*
+        from histories h
+        cross join lateral billing._item_points(h.tenancy_id, h.customer_type, h.customer_id, h.item_id,
+                                                '-infinity') p
+    )
+    select coalesce(x.tenancy_id, s.tenancy_id), coalesce(x.customer_type, s.customer_type),
+           coalesce(x.customer_id, s.customer_id), coalesce(x.item_id, s.item_id), coalesce(x.at, s.at),
+           x.balance, s.balance, x.debt, s.debt
+    from expected x
+    full join billing.item_balances s
+      on s.tenancy_id = x.tenancy_id and s.customer_type = x.customer_type and s.customer_id = x.customer_id
+     and s.item_id = x.item_id and s.at = x.at
+    where (x.balance, x.debt, x.lot_expiries, x.lot_quantities)
+          is distinct from (s.balance, s.debt, s.lot_expiries, s.lot_quantities)
+    order by 1, 2, 3, 4, 5;
+$$;
+
+comment on function billing.verify_ledger() is
+    'Differences between the stored item balances and a fold of the ledger inputs from nothing; empty when derived state is right.';
