@@ -1,9 +1,10 @@
 """The deploy-time billing jobs, driven in batches with a commit per batch.
 
 billing.backfill_free_plans and billing.regen_subscriptions_to_latest do the work in SQL;
-here each call is capped at `batch_size` rows (their p_limit) and committed before the
-next, so a killed run keeps what it committed and a re-run does the rest: the jobs are
-idempotent, and the sum of the calls equals one clean run.
+here their step functions are called with a commit after each: a step reads `batch_size`
+rows from where the previous one stopped (a key passed back in), so a run reads every row
+once, a killed run keeps what it committed, and a re-run does the rest: the jobs are
+idempotent, and the sum of the steps equals one clean run.
 """
 
 from __future__ import annotations
@@ -38,29 +39,34 @@ def regen_pending(conn: psycopg.Connection, project_id: str) -> int:
 
 def backfill_free_plans(conn: psycopg.Connection, project_id: str = "internal", product_id: str = "free",
                         batch_size: int = 10000, on_batch: Callable[[int], None] = lambda _n: None) -> JobResult:
-    """Grant the free plan to every team of the project without one, batch_size per commit."""
-    return _batches(conn, "select billing.backfill_free_plans(%s, %s, %s, %s) as n",
-                    lambda limit: (project_id, product_id, limit, limit), batch_size, on_batch)
+    """Grant the free plan to every team of the project without one, batch_size teams read per commit."""
+    return _steps(conn, "select granted as done, walked, last_tenancy_id, last_team_id as last_id"
+                        " from billing.backfill_free_plans_step(%s, %s, %s, %s, %s)",
+                  (project_id, product_id), batch_size, on_batch)
 
 
 def regen_subscriptions(conn: psycopg.Connection, project_id: str = "internal", batch_size: int = 10000,
                         on_batch: Callable[[int], None] = lambda _n: None) -> JobResult:
-    """Move the project's stale live subscriptions to their products' current versions."""
-    return _batches(conn, "select billing.regen_subscriptions_to_latest(%s, %s) as n",
-                    lambda limit: (project_id, limit), batch_size, on_batch)
+    """Move the project's stale live subscriptions to their products' current versions,
+    batch_size subscriptions read per commit."""
+    return _steps(conn, "select moved as done, walked, last_tenancy_id, last_subscription_id as last_id"
+                        " from billing.regen_subscriptions_step(%s, %s, %s, %s)",
+                  (project_id,), batch_size, on_batch)
 
 
-def _batches(conn: psycopg.Connection, statement: str, params: Callable[[int], tuple], batch_size: int,
-             on_batch: Callable[[int], None]) -> JobResult:
-    """Call the job with p_limit = batch_size, one transaction per call, until a call does
-    less than a full batch (nothing is left, or what is left another run is doing)."""
+def _steps(conn: psycopg.Connection, statement: str, args: tuple, batch_size: int,
+           on_batch: Callable[[int], None]) -> JobResult:
+    """Call the job's step function, one transaction per step, passing the key it stopped at
+    back in, until a step reads nothing. on_batch gets the rows each step changed."""
     started = time.monotonic()
     total = batches = 0
+    after: tuple = (None, None)
     while True:
         with conn.transaction():
-            done = conn.execute(statement, params(batch_size)).fetchone()["n"]
-        if done:
-            total, batches = total + done, batches + 1
-            on_batch(done)
-        if done < batch_size:
+            step = conn.execute(statement, (*args, *after, batch_size)).fetchone()
+        if not step["walked"]:
             return JobResult(total, batches, time.monotonic() - started)
+        if step["done"]:
+            total, batches = total + step["done"], batches + 1
+            on_batch(step["done"])
+        after = (step["last_tenancy_id"], step["last_id"])
