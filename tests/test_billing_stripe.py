@@ -652,3 +652,35 @@ def test_cli_json_summaries(db, env, sc, plan):
     assert done.exit_code == 0, done.output
     assert json.loads(done.output) == {"claimed": 1, "delivered": 1, "failed": 0, "superseded": 0, "errors": []}
     assert stripe_metadata(sc, sub.id)[sb.VERSION_KEY] == row(conn, sub.id)["product_version_id"]
+
+
+def test_a_sync_racing_regen_waits_and_keeps_the_new_version(db, connect):
+    """Fixed interleaving: regen has moved a Stripe-backed subscription (uncommitted) when a
+    sync brings Stripe's old metadata and a new quantity; the sync waits for regen's commit,
+    then takes the quantity and keeps regen's version."""
+    from tests.test_billing_backfill_regen import wait_until_blocked
+
+    dsn, conn = db
+    tenancy, team = tenancy_with_team(conn)
+    v1 = upsert_product(conn, tenancy, "pro", PRO)
+    stripe_id = "sub_" + uuid.uuid4().hex
+    stale = {"stripe_subscription_id": stripe_id, "customer_type": "team", "customer_id": team, "product_id": "pro",
+             "product_version_id": v1, "status": "active", "quantity": 1, "started_at": 1_790_000_000,
+             "current_period_start": 1_790_000_000, "current_period_end": 1_792_600_000}
+    conn.execute("select billing.upsert_stripe_subscriptions(%s, %s)", (tenancy, Jsonb([stale])))
+    v2 = upsert_product(conn, tenancy, "pro", PRO_2)
+
+    regen, sync = connect(dsn), connect(dsn)
+    assert regen.execute("select billing.regen_subscriptions_to_latest('internal') as n").fetchone()["n"] == 1
+    done = {}
+    worker = threading.Thread(target=lambda: done.setdefault("n", sync.execute(
+        "select billing.upsert_stripe_subscriptions(%s, %s) as n",
+        (tenancy, Jsonb([stale | {"quantity": 4}]))).fetchone()["n"]))
+    worker.start()
+    wait_until_blocked(conn, sync)
+    regen.commit()
+    worker.join(timeout=30)
+    sync.commit()
+    assert done["n"] == 1
+    r = row(conn, stripe_id)
+    assert (r["product_version_id"], r["quantity"]) == (v2, 4)

@@ -319,20 +319,23 @@ def deliver_outbox(conn_or_dsn: psycopg.Connection | str | None = None, *, tenan
                 "limit": limit, "tenancy_id": str(tenancy_id) if tenancy_id else None, "lease_s": lease_s,
             }).fetchall()
         result.claimed = len(rows)
-        keys: dict[str, str | PyglueError] = {}
+        keys: dict[str, str | PyglueError] = {}  # per tenancy: its key, or why it has none
+        clients: dict[str, stripe.StripeClient] = {}
         for row in rows:
             tenancy = str(row["tenancy_id"])
             if tenancy not in keys:
                 try:
                     keys[tenancy] = api_key_for(conn, tenancy, api_key)
+                    # no SDK retries: the outbox's backoff is the retry
+                    clients[tenancy] = client(keys[tenancy], api_base, max_network_retries=0)
                 except PyglueError as exc:
                     keys[tenancy] = exc
             key = keys[tenancy]
             try:
                 if isinstance(key, PyglueError):
                     raise key
-                client(key, api_base, max_network_retries=0).v1.subscriptions.update(
-                    row["stripe_subscription_id"], params={"metadata": row["metadata"]})
+                clients[tenancy].v1.subscriptions.update(row["stripe_subscription_id"],
+                                                         params={"metadata": row["metadata"]})
             except (stripe.StripeError, PyglueError) as exc:
                 line = error_line(exc, key if isinstance(key, str) else None)
                 with conn.transaction():
