@@ -185,20 +185,34 @@ def test_regen_killed_mid_run_then_rerun_moves_each_subscription_once(fresh_db, 
 
 
 def test_db_init_migrates_backfills_and_regens_then_has_nothing_to_do(make_database, connect):
+    """Each step idempotent: a second init does nothing."""
     target = make_database()
     first = invoke(target, "db", "init")
     assert first.exit_code == 0, first.output
     lines = first.output.splitlines()
-    assert [line.split()[0] for line in lines] == ["migrate", "backfill", "regen"]
+    assert [line.split()[0] for line in lines] == ["migrate", "ledger", "backfill", "regen"]
     migrations = [m for m in paths.MIGRATIONS.glob("*.sql") if not m.name.endswith(".rollback.sql")]
     assert lines[0].endswith(f" {len(migrations)} migration(s) applied")
     c = connect(target, autocommit=True)
     t = f.tenancy(c, "internal")
     teams(c, t, 12)
     upsert(c, t, FREE)
-    assert json.loads(invoke(target, "db", "init", "--json").output) == {"migrate": 0, "backfill": 12, "regen": 0}
+    assert json.loads(invoke(target, "db", "init", "--json").output) == {"migrate": 0, "ledger": 0, "backfill": 12, "regen": 0}
     latest = upsert(c, t, FREE | {"display_name": "Free 2"})
     teams(c, t, 3)
-    assert json.loads(invoke(target, "db", "init", "--json").output) == {"migrate": 0, "backfill": 3, "regen": 12}
+    assert json.loads(invoke(target, "db", "init", "--json").output) == {"migrate": 0, "ledger": 0, "backfill": 3, "regen": 12}
     assert {r["product_version_id"] for r in plans(c, t)} == {latest}
-    assert json.loads(invoke(target, "db", "init", "--json").output) == {"migrate": 0, "backfill": 0, "regen": 0}
+    assert json.loads(invoke(target, "db", "init", "--json").output) == {"migrate": 0, "ledger": 0, "backfill": 0, "regen": 0}
+
+
+def test_db_init_repairs_corrupted_ledger_state(fresh_db, connect):
+    c = connect(fresh_db, autocommit=True)
+    t = f.tenancy(c, "internal")
+    c.execute("select billing.change_item_quantity(%s, 'custom', 'x', 'credits', 10)", (t,))
+    c.execute("select billing.change_item_quantity(%s, 'custom', 'x', 'credits', -3)", (t,))
+    c.execute("update billing.item_balances set balance = 99 where tenancy_id = %s", (t,))
+    result = invoke(fresh_db, "db", "init")
+    assert result.exit_code == 0, result.output
+    assert "ledger    0 item history(ies) refolded, 2 difference(s) repaired" in result.output.splitlines()
+    assert c.execute("select count(*) as n from billing.verify_ledger()").fetchone()["n"] == 0
+    assert c.execute("select billing.item_quantity(%s, 'custom', 'x', 'credits') as q", (t,)).fetchone()["q"] == 7

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import click
 
 from pyglue import db
-from pyglue.billing import jobs
+from pyglue.billing import jobs, ledger
 from pyglue.progress import Progress
 
 
@@ -70,3 +71,41 @@ def _report(result: jobs.JobResult, as_json: bool, line: str, **facts: str) -> N
         click.echo(json.dumps(facts | result.as_dict()))
     else:
         click.echo(f"{line} in {result.batches} batch(es), {result.seconds:.1f} s")
+
+
+@billing.command("balance")
+@click.option("--tenant", "tenant", type=click.UUID, required=True, help="Tenancy id (uuid).")
+@click.option("--customer", required=True, metavar="TYPE:ID", help="The customer: team:ID, user:ID or custom:ID.")
+@click.option("--item", "item_id", required=True, metavar="ITEM", help="Item id, as in the products' included_items.")
+@click.option("--at", "at", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+              help="Balance at this UTC time (default: now).")
+@click.option("--history", is_flag=True, help="Also show every instant up to then: changes, balance, debt, lots.")
+@_as_json
+@click.pass_obj
+def balance_cmd(obj, tenant, customer: str, item_id: str, at, history: bool, as_json: bool) -> None:
+    """A customer's balance of one item, exact at any time; --history shows how it came about."""
+    who = ledger.Customer.parse(customer)
+    when = (at.replace(tzinfo=dt.timezone.utc) if at else dt.datetime.now(dt.timezone.utc))
+    with db.connect(obj.dsn, autocommit=True, application_name="pyglue billing balance") as conn:
+        amount = ledger.balance(conn, tenant, who, item_id, when)
+        rows = ledger.timeline(conn, tenant, who, item_id, when) if history else []
+    if as_json:
+        summary = {"tenancy_id": str(tenant), "customer": str(who), "item_id": item_id, "at": when.isoformat(),
+                   "balance": amount}
+        if history:
+            summary["history"] = [_history_entry(r) for r in rows]
+        click.echo(json.dumps(summary, default=str))
+        return
+    for r in rows:
+        changes = ", ".join(f"{c['delta']:+d}" + (f" until {c['expires_at']}" if c["expires_at"] else "")
+                            + f" ({c['source']})" for c in r["changes"]) or "expiry"
+        lots = ", ".join(f"{lot['quantity']}" + (f" until {lot['expires_at']}" if lot["expires_at"] else " never")
+                         for lot in r["lots"])
+        click.echo(f"{r['at']:%Y-%m-%d %H:%M:%S.%f}  {changes:<48} balance {r['balance']:>8}"
+                   + (f"  debt {r['debt']}" if r["debt"] else "") + (f"  lots [{lots}]" if lots else ""))
+    click.echo(f"{who} has {amount} {item_id} at {when:%Y-%m-%d %H:%M:%S} UTC")
+
+
+def _history_entry(row: dict) -> dict:
+    return {"at": row["at"].isoformat(), "changes": row["changes"], "balance": row["balance"], "debt": row["debt"],
+            "lots": row["lots"]}

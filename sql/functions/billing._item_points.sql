@@ -1,6 +1,6 @@
--- billing._item_points(p_tenancy_id, p_customer_type, p_customer_id, p_item_id, p_from):
--- the fold of one item history from p_from on: one row per instant at which something
--- happens (a change, or the expiry of a lot), with the state after that instant.
+-- billing._item_points(p_tenancy_id, p_customer_type, p_customer_id, p_item_id, p_from,
+-- p_before): the fold of one item history over [p_from, p_before): one row per instant at
+-- which something happens (a change, or the expiry of a lot), with the state after it.
 --
 -- The fold (../shared/DESIGN.md "Item ledger"), in time order; at one instant:
 --   1. grants, soonest expiry first (never-expiring last): each pays off debt first, what
@@ -16,10 +16,10 @@
 -- grant pays debt before it makes a lot). balance = sum(lot_quantities) - debt.
 -- The fold starts from the stored state of the last point before p_from in
 -- billing.item_balances ('-infinity': from nothing, as billing.verify_ledger does).
--- Inputs: billing.item_events (manual changes and purchase grants).
+-- Inputs: billing._item_events (manual changes, purchase grants and adjustments).
 -- Returns: (at, balance, debt, lot_expiries, lot_quantities) per instant, ascending.
 create or replace function billing._item_points(p_tenancy_id uuid, p_customer_type text, p_customer_id text,
-                                                p_item_id text, p_from timestamptz)
+                                                p_item_id text, p_from timestamptz, p_before timestamptz)
 returns table (at timestamptz, balance bigint, debt bigint, lot_expiries timestamptz[], lot_quantities bigint[])
 language plpgsql
 stable
@@ -52,11 +52,9 @@ begin
     for v_instant in
         select e.at,
                coalesce(sum(-e.delta) filter (where e.delta < 0), 0) as removed,
-               array_agg(e.delta order by e.expires_at, e.seq) filter (where e.delta > 0 and e.expires_at > e.at) as grant_qty,
-               array_agg(e.expires_at order by e.expires_at, e.seq) filter (where e.delta > 0 and e.expires_at > e.at) as grant_exp
-        from billing.item_events e
-        where e.tenancy_id = p_tenancy_id and e.customer_type = p_customer_type and e.customer_id = p_customer_id
-          and e.item_id = p_item_id and e.at >= p_from
+               array_agg(e.delta order by e.expires_at) filter (where e.delta > 0 and e.expires_at > e.at) as grant_qty,
+               array_agg(e.expires_at order by e.expires_at) filter (where e.delta > 0 and e.expires_at > e.at) as grant_exp
+        from billing._item_events(p_tenancy_id, p_customer_type, p_customer_id, p_item_id, p_from, p_before) e
         group by e.at
         order by e.at
     loop
@@ -115,7 +113,7 @@ begin
     end loop;
 
     -- expiries after the last change
-    while cardinality(v_exp) > 0 and v_exp[1] < 'infinity' loop
+    while cardinality(v_exp) > 0 and v_exp[1] < p_before loop
         at := v_exp[1];
         v_total := v_total - v_qty[1];
         v_exp := v_exp[2:];
@@ -126,5 +124,5 @@ begin
 end;
 $$;
 
-comment on function billing._item_points(uuid, text, text, text, timestamptz) is
-    'The FEFO fold of one item history from p_from on (state before it from billing.item_balances): one row per instant with the balance, debt and lots after it.';
+comment on function billing._item_points(uuid, text, text, text, timestamptz, timestamptz) is
+    'The FEFO fold of one item history over [p_from, p_before) (state before it from billing.item_balances): one row per instant with the balance, debt and lots after it.';

@@ -1,6 +1,7 @@
--- billing.verify_ledger(): the differences between the derived points of every item history
--- (billing.item_balances) and a fold of its inputs from nothing (billing._item_points from
--- '-infinity'). Empty when derived state is right.
+-- billing.verify_ledger(): the differences between the stored points of every item history
+-- (billing.item_balances, those before the history's points_before) and a fold of its
+-- inputs from nothing (billing._item_points from '-infinity' to points_before). Empty when
+-- derived state is right.
 -- Returns: one row per differing point: the history, the instant, and the expected and
 -- stored balance and debt (null on the side that has no point there); lots differing at
 -- an instant where balance and debt agree are reported too.
@@ -11,21 +12,23 @@ language sql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-    with histories as (
-        select e.tenancy_id, e.customer_type, e.customer_id, e.item_id from billing.item_events e
-        union
-        select b.tenancy_id, b.customer_type, b.customer_id, b.item_id from billing.item_balances b
-    ), expected as (
+    with expected as (
         select h.tenancy_id, h.customer_type, h.customer_id, h.item_id, p.*
-        from histories h
+        from billing.item_histories h
         cross join lateral billing._item_points(h.tenancy_id, h.customer_type, h.customer_id, h.item_id,
-                                                '-infinity') p
+                                                '-infinity', h.points_before) p
+    ), stored as (
+        select b.* from billing.item_balances b
+        join billing.item_histories h
+          on h.tenancy_id = b.tenancy_id and h.customer_type = b.customer_type and h.customer_id = b.customer_id
+         and h.item_id = b.item_id
+        where b.at < h.points_before
     )
     select coalesce(x.tenancy_id, s.tenancy_id), coalesce(x.customer_type, s.customer_type),
            coalesce(x.customer_id, s.customer_id), coalesce(x.item_id, s.item_id), coalesce(x.at, s.at),
            x.balance, s.balance, x.debt, s.debt
     from expected x
-    full join billing.item_balances s
+    full join stored s
       on s.tenancy_id = x.tenancy_id and s.customer_type = x.customer_type and s.customer_id = x.customer_id
      and s.item_id = x.item_id and s.at = x.at
     where (x.balance, x.debt, x.lot_expiries, x.lot_quantities)

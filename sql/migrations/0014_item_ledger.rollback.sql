@@ -1,17 +1,30 @@
--- Rollback of 0014: the ledger's triggers, functions, tables and view go (nothing older
--- changed, so nothing is restored).
+-- Rollback of 0014: the ledger's triggers, functions and tables go (nothing older changed,
+-- so nothing is restored).
+drop trigger if exists subscriptions_refresh_items_insert on billing.subscriptions;
+drop trigger if exists subscriptions_refresh_items_update on billing.subscriptions;
+drop trigger if exists subscriptions_refresh_items_delete on billing.subscriptions;
+drop trigger if exists one_time_purchases_refresh_items_insert on billing.one_time_purchases;
+drop trigger if exists one_time_purchases_refresh_items_update on billing.one_time_purchases;
+drop trigger if exists one_time_purchases_refresh_items_delete on billing.one_time_purchases;
 drop trigger if exists item_quantity_changes_refold_insert on billing.item_quantity_changes;
 drop trigger if exists item_quantity_changes_refold_update on billing.item_quantity_changes;
 drop trigger if exists item_quantity_changes_refold_delete on billing.item_quantity_changes;
+drop function if exists billing.refold_item_histories(integer);
 drop function if exists billing.rebuild_ledger();
 drop function if exists billing.verify_ledger();
 drop function if exists billing.change_item_quantity(uuid, text, text, text, bigint, timestamptz, boolean, timestamptz);
 drop function if exists billing.item_quantity(uuid, text, text, text, timestamptz);
+drop function if exists billing._item_state_at(uuid, text, text, text, timestamptz);
+drop function if exists billing._tg_refresh_purchase_items();
+drop function if exists billing._tg_refresh_subscription_items();
 drop function if exists billing._tg_refold_item_changes();
+drop function if exists billing._refresh_item_histories(jsonb);
 drop function if exists billing._refold_item_history(uuid, text, text, text, timestamptz);
+drop function if exists billing._item_points(uuid, text, text, text, timestamptz, timestamptz);
 drop function if exists billing._lock_item_history(uuid, text, text, text);
-drop function if exists billing._item_points(uuid, text, text, text, timestamptz);
+drop function if exists billing._item_horizon(uuid, text, text, text);
+drop function if exists billing._item_events(uuid, text, text, text, timestamptz, timestamptz);
+drop function if exists billing._calendar_interval(jsonb);
 drop table if exists billing.item_balances;
 drop table if exists billing.item_histories;
-drop view if exists billing.item_events;
 drop table if exists billing.item_quantity_changes;

@@ -1,0 +1,77 @@
+-- billing._tg_refresh_subscription_items(): statement-level AFTER INSERT / UPDATE / DELETE
+-- trigger of billing.subscriptions: the item histories that the changed subscriptions feed
+-- (every included item of every version they were on, for the old and the new customer)
+-- are brought up to date from the subscription's start (from its last move when only the
+-- version changed: what came before the move stays as it is), in the same transaction
+-- (billing._refresh_item_histories). An UPDATE counts only when it changes what the grants
+-- depend on: customer, start, end, cancel-at-period-end, period end, quantity, or a version
+-- with other included items (a regen to content with the same items changes nothing).
+-- A DELETE (a tenancy going away) only marks histories: nothing is refolded then.
+-- SECURITY DEFINER: a role that may write subscriptions need not be able to write derived state.
+create or replace function billing._tg_refresh_subscription_items()
+returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_histories jsonb;
+begin
+    -- one statement per operation: a transition table that the trigger does not have
+    -- cannot even be named
+    if tg_op = 'INSERT' then
+        select jsonb_agg(k) into v_histories from (
+            select n.tenancy_id, n.customer_type, n.customer_id, i.item_id, min(n.started_at) as "from"
+            from new_rows n
+            join billing.product_versions v on v.id = n.product_version_id
+            cross join lateral jsonb_object_keys(coalesce(v.content -> 'included_items', '{}')) as i(item_id)
+            group by 1, 2, 3, 4) k;
+    elsif tg_op = 'UPDATE' then
+        select jsonb_agg(k) into v_histories from (
+            select c.tenancy_id, c.customer_type, c.customer_id, i.item_id, min(c.from_at) as "from"
+            from (select o.tenancy_id, o.id,
+                         -- a version change alone changes nothing before the move: from there
+                         case when (o.customer_type, o.customer_id, o.started_at, o.ended_at, o.cancel_at_period_end,
+                                    o.current_period_end, o.quantity)
+                                   is not distinct from (n.customer_type, n.customer_id, n.started_at, n.ended_at,
+                                                         n.cancel_at_period_end, n.current_period_end, n.quantity)
+                              then greatest(o.started_at,
+                                            (select max(m.moved_at) from billing.subscription_moves m
+                                             where m.tenancy_id = o.tenancy_id and m.subscription_id = o.id))
+                              else least(o.started_at, n.started_at)
+                         end as from_at,
+                         o.product_version_id as old_version_id, n.product_version_id as new_version_id,
+                         o.customer_type as old_type, o.customer_id as old_id, n.customer_type as new_type,
+                         n.customer_id as new_id
+                  from old_rows o join new_rows n on n.tenancy_id = o.tenancy_id and n.id = o.id
+                  join billing.product_versions ov on ov.id = o.product_version_id
+                  join billing.product_versions nv on nv.id = n.product_version_id
+                  where (o.customer_type, o.customer_id, o.started_at, o.ended_at, o.cancel_at_period_end,
+                         o.current_period_end, o.quantity)
+                        is distinct from (n.customer_type, n.customer_id, n.started_at, n.ended_at,
+                                          n.cancel_at_period_end, n.current_period_end, n.quantity)
+                     or ov.content -> 'included_items' is distinct from nv.content -> 'included_items') x
+            cross join lateral (values (x.old_type, x.old_id), (x.new_type, x.new_id)) as cu(customer_type, customer_id)
+            cross join lateral (select x.tenancy_id, cu.customer_type, cu.customer_id, x.from_at) c
+            cross join lateral (
+                select jsonb_object_keys(coalesce(v.content -> 'included_items', '{}')) as item_id
+                from billing.product_versions v
+                where v.id in (x.old_version_id, x.new_version_id)
+                   or v.id in (select m.from_version_id from billing.subscription_moves m
+                               where m.tenancy_id = x.tenancy_id and m.subscription_id = x.id)
+            ) i
+            group by 1, 2, 3, 4) k;
+    else
+        update billing.item_histories h set points_before = least(h.points_before, o.started_at)
+        from old_rows o
+        where h.tenancy_id = o.tenancy_id and h.customer_type = o.customer_type and h.customer_id = o.customer_id
+          and h.points_before > o.started_at;
+        return null;
+    end if;
+    perform billing._refresh_item_histories(coalesce(v_histories, '[]'));
+    return null;
+end;
+$$;
+
+comment on function billing._tg_refresh_subscription_items() is
+    'Statement trigger of billing.subscriptions: refresh the item histories the changed subscriptions feed.';
