@@ -283,6 +283,12 @@ def test_regen_writes_the_new_version_into_stripe_and_a_later_sync_keeps_it(db, 
     assert sb.sync_tenancy(dsn, tenancy).written == 0
     assert row(conn, sub.id)["product_version_id"] == v2
     assert sb.deliver_outbox(dsn).claimed == 0
+    # a delivered row is kept a day (a sync that began before the delivery needs it), then purged
+    assert sb.deliver_outbox(dsn).purged == 0
+    conn.execute("update billing.stripe_outbox set delivered_at = delivered_at - interval '2 days'"
+                 " where stripe_subscription_id = %s", (sub.id,))
+    assert sb.deliver_outbox(dsn).purged == 1
+    assert outbox(conn, sub.id) == []
 
 
 def test_regen_rolled_back_queues_nothing(db, env, sc, plan):
@@ -650,7 +656,8 @@ def test_cli_json_summaries(db, env, sc, plan):
     conn.execute("select billing.regen_subscriptions_to_latest('internal')")
     done = runner.invoke(cli, ["--dsn", dsn, "billing", "stripe-deliver", "--tenant", tenancy, "--json"])
     assert done.exit_code == 0, done.output
-    assert json.loads(done.output) == {"claimed": 1, "delivered": 1, "failed": 0, "superseded": 0, "errors": []}
+    assert json.loads(done.output) == {"claimed": 1, "delivered": 1, "failed": 0, "superseded": 0, "purged": 0,
+                                       "errors": []}
     assert stripe_metadata(sc, sub.id)[sb.VERSION_KEY] == row(conn, sub.id)["product_version_id"]
 
 

@@ -83,6 +83,7 @@ class DeliverResult:
     delivered: int = 0
     failed: int = 0
     superseded: int = 0  # regen replaced the metadata while the write was in flight; due again
+    purged: int = 0  # delivered rows older than keep_delivered_s, deleted
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: DeliverResult) -> None:
@@ -90,6 +91,7 @@ class DeliverResult:
         self.delivered += other.delivered
         self.failed += other.failed
         self.superseded += other.superseded
+        self.purged += other.purged
         self.errors += other.errors
 
     def as_dict(self) -> dict:
@@ -306,14 +308,19 @@ def _customer_tenancy(customer_id: str, api_key: str | None, api_base: str | Non
 
 def deliver_outbox(conn_or_dsn: psycopg.Connection | str | None = None, *, tenancy_id: uuid.UUID | str | None = None,
                    limit: int = 100, api_key: str | None = None, api_base: str | None = None,
-                   lease_s: float = 300.0, base_delay_s: float = 5.0, max_delay_s: float = 3600.0) -> DeliverResult:
+                   lease_s: float = 300.0, base_delay_s: float = 5.0, max_delay_s: float = 3600.0,
+                   keep_delivered_s: float = 86400.0) -> DeliverResult:
     """Deliver due outbox rows once: claim up to `limit` (committed, so another deliverer skips
     them), write each row's metadata into its Stripe subscription, mark it delivered, or
     record the error (without the key) and back off: least(max_delay_s, base_delay_s *
     2^(attempts-1)) with ±20% jitter. A row is never dropped. Each settlement is its own
-    transaction, so a deliverer killed half-way leaves the rest to the lease."""
+    transaction, so a deliverer killed half-way leaves the rest to the lease. Rows delivered
+    more than keep_delivered_s ago are deleted first."""
     result = DeliverResult()
     with _connection(conn_or_dsn) as conn:
+        with conn.transaction():
+            result.purged = conn.execute(queries.load("stripe_purge_outbox"),
+                                         {"keep_s": keep_delivered_s}).fetchone()["purged"]
         with conn.transaction():
             rows = conn.execute(queries.load("stripe_claim_outbox"), {
                 "limit": limit, "tenancy_id": str(tenancy_id) if tenancy_id else None, "lease_s": lease_s,
