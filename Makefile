@@ -26,6 +26,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m perf.bench_sequencer
 	$(BIN)/python -m perf.bench_sync
+	$(BIN)/python -m perf.bench_billing
 
 clean:
 	rm -rf $(VENV) .pyglue build *.egg-info

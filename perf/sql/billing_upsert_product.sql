@@ -1,0 +1,1 @@
+select billing.upsert_product(%(tenancy_id)s, %(product_id)s, %(content)s) as version_id
