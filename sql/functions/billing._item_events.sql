@@ -20,10 +20,27 @@
 create or replace function billing._item_events(p_tenancy_id uuid, p_customer_type text, p_customer_id text,
                                                 p_item_id text, p_from timestamptz, p_before timestamptz)
 returns table (at timestamptz, delta bigint, expires_at timestamptz, source_kind text, source_id text)
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
+begin
+    -- PL/pgSQL, not SQL: its plans are kept for the session (a SQL function's body is planned
+    -- at every call, and this one is called once per history and refold)
+    return query
+    select c.at, c.delta, coalesce(c.expires_at, 'infinity'), 'item_change'::text, c.id::text
+    from billing.item_quantity_changes c
+    where c.tenancy_id = p_tenancy_id and c.customer_type = p_customer_type and c.customer_id = p_customer_id
+      and c.item_id = p_item_id and c.at >= p_from and c.at < p_before;
+    if not exists (select 1 from billing.subscriptions s
+                   where s.tenancy_id = p_tenancy_id and s.customer_type = p_customer_type
+                     and s.customer_id = p_customer_id)
+       and not exists (select 1 from billing.one_time_purchases o
+                       where o.tenancy_id = p_tenancy_id and o.customer_type = p_customer_type
+                         and o.customer_id = p_customer_id) then
+        return;  -- manual changes only
+    end if;
+    return query
     with purchases as (
         select 'subscription'::text as kind, s.id, s.started_at as start_at,
                coalesce(s.ended_at, case when s.cancel_at_period_end then s.current_period_end end,
@@ -106,14 +123,10 @@ as $$
           and r.seg_start >= p_from and r.seg_start < p_before
           and not (r.expires = 'when-repeated' and n.next_at is not distinct from r.seg_start)
     )
-    select c.at, c.delta, coalesce(c.expires_at, 'infinity'), 'item_change', c.id::text
-    from billing.item_quantity_changes c
-    where c.tenancy_id = p_tenancy_id and c.customer_type = p_customer_type and c.customer_id = p_customer_id
-      and c.item_id = p_item_id and c.at >= p_from and c.at < p_before
-    union all
     select g.at, g.delta, g.expires_at, g.kind, g.id::text from grants g
     union all
     select a.at, a.delta, a.expires_at, a.kind, a.id::text from adjustments a;
+end;
 $$;
 
 comment on function billing._item_events(uuid, text, text, text, timestamptz, timestamptz) is

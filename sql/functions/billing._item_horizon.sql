@@ -5,11 +5,13 @@
 create or replace function billing._item_horizon(p_tenancy_id uuid, p_customer_type text, p_customer_id text,
                                                  p_item_id text)
 returns timestamptz
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-    select case when exists (
+begin
+    -- PL/pgSQL for its cached plan (called at every refold)
+    return case when exists (
         select 1 from billing.subscriptions s
         join billing.product_versions v on v.id = s.product_version_id
         where s.tenancy_id = p_tenancy_id and s.customer_type = p_customer_type and s.customer_id = p_customer_id
@@ -22,6 +24,7 @@ as $$
           and o.revoked_at is null
           and jsonb_typeof(v.content -> 'included_items' -> p_item_id -> 'repeat') = 'array'
     ) then now() + interval '13 months' else 'infinity'::timestamptz end;
+end;
 $$;
 
 comment on function billing._item_horizon(uuid, text, text, text) is

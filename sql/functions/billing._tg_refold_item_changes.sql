@@ -19,9 +19,16 @@ begin
         from (select n.tenancy_id, n.customer_type, n.customer_id, n.item_id, min(n.at) as from_at
               from new_rows n group by 1, 2, 3, 4 order by 1, 2, 3, 4) k;
     elsif tg_op = 'DELETE' then
+        -- only histories that still have their row: when a tenancy is deleted its changes go
+        -- by cascade, and so do (or did) its histories; nothing is to be refolded then
         perform billing._refold_item_history(k.tenancy_id, k.customer_type, k.customer_id, k.item_id, k.from_at)
         from (select o.tenancy_id, o.customer_type, o.customer_id, o.item_id, min(o.at) as from_at
-              from old_rows o group by 1, 2, 3, 4 order by 1, 2, 3, 4) k;
+              from old_rows o
+              where exists (select 1 from billing.item_histories h
+                            where h.tenancy_id = o.tenancy_id and h.customer_type = o.customer_type
+                              and h.customer_id = o.customer_id and h.item_id = o.item_id)
+                and exists (select 1 from app.tenancies t where t.id = o.tenancy_id)
+              group by 1, 2, 3, 4 order by 1, 2, 3, 4) k;
     else
         perform billing._refold_item_history(k.tenancy_id, k.customer_type, k.customer_id, k.item_id, k.from_at)
         from (select c.tenancy_id, c.customer_type, c.customer_id, c.item_id, min(c.at) as from_at

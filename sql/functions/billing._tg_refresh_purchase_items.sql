@@ -2,7 +2,8 @@
 -- trigger of billing.one_time_purchases: like billing._tg_refresh_subscription_items, the
 -- item histories the changed purchases feed are brought up to date from the purchase time.
 -- An UPDATE counts when it changes the customer, the purchase time, the revocation time,
--- the quantity or the version. A DELETE only marks histories.
+-- the quantity or the version. An INSERT of more than 20 rows, and a DELETE, only mark
+-- the customers' stored histories.
 -- SECURITY DEFINER: a role that may write purchases need not be able to write derived state.
 create or replace function billing._tg_refresh_purchase_items()
 returns trigger
@@ -11,9 +12,18 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+    v_rows bigint;
     v_histories jsonb;
 begin
     if tg_op = 'INSERT' then
+        select count(*) into v_rows from new_rows;
+        if v_rows > 20 then
+            update billing.item_histories h set points_before = least(h.points_before, n.purchased_at)
+            from new_rows n
+            where h.tenancy_id = n.tenancy_id and h.customer_type = n.customer_type
+              and h.customer_id = n.customer_id and h.points_before > n.purchased_at;
+            return null;
+        end if;
         select jsonb_agg(k) into v_histories from (
             select n.tenancy_id, n.customer_type, n.customer_id, i.item_id, min(n.purchased_at) as "from"
             from new_rows n

@@ -65,7 +65,8 @@ begin
         order by tn.id
     loop
         v_tenancies := v_tenancies + 1;
-        v_after := case when v_free.tenancy_id = p_after_tenancy_id then p_after_team_id end;
+        v_after := case when v_free.tenancy_id = p_after_tenancy_id and p_after_team_id is not null
+                        then p_after_team_id else '00000000-0000-0000-0000-000000000000' end;
         -- the next teams by key; the unique index decides who gets a plan: a team with a
         -- live plan in the line is a conflict, found by one index probe and skipped without
         -- writing. No NOT EXISTS: right after a bulk load the planner may think
@@ -73,7 +74,8 @@ begin
         -- the line per team.
         with batch as (
             select t.id from app.teams t
-            where t.tenancy_id = v_free.tenancy_id and (v_after is null or t.id > v_after)
+            -- a range the primary key index can start from (an "is null or" could not)
+            where t.tenancy_id = v_free.tenancy_id and t.id >= v_after and t.id is distinct from p_after_team_id
             order by t.id
             limit p_walk - walked
         ), granting as (

@@ -56,7 +56,8 @@ begin
               and exists (select 1 from billing.products p where p.tenancy_id = tn.id)
             order by tn.id
         loop
-            v_after := case when v_tenancy_id = p_after_tenancy_id then p_after_subscription_id end;
+            v_after := case when v_tenancy_id = p_after_tenancy_id and p_after_subscription_id is not null
+                            then p_after_subscription_id else '00000000-0000-0000-0000-000000000000' end;
             -- the walk: next rows by primary key; the stale ones with the version they are on
             select count(*), (array_agg(w.id order by w.id desc))[1],
                    array_agg(w.id) filter (where w.stale), array_agg(w.product_version_id) filter (where w.stale)
@@ -66,7 +67,8 @@ begin
                        s.ended_at is null and s.product_version_id <> p.current_version_id as stale
                 from billing.subscriptions s
                 join billing.products p on p.tenancy_id = s.tenancy_id and p.product_id = s.product_id
-                where s.tenancy_id = v_tenancy_id and (v_after is null or s.id > v_after)
+                -- a range the primary key index can start from (an "is null or" could not)
+                where s.tenancy_id = v_tenancy_id and s.id >= v_after and s.id is distinct from p_after_subscription_id
                 order by s.id
                 limit p_walk - walked
             ) w;
@@ -85,7 +87,10 @@ begin
                         stackable = v.stackable
                     from unnest(v_ids, v_from) as u(id, from_version_id),
                          billing.products p join billing.product_versions v on v.id = p.current_version_id
-                    where s.tenancy_id = v_tenancy_id and s.id = u.id and s.product_version_id = u.from_version_id
+                    -- the walked range of the primary key finds the rows; the join to the
+                    -- unnest (hashed) then pairs each with the version the walk saw
+                    where s.tenancy_id = v_tenancy_id and s.id >= v_after and s.id <= v_last
+                      and s.id = u.id and s.product_version_id = u.from_version_id
                       and s.ended_at is null and p.tenancy_id = s.tenancy_id and p.product_id = s.product_id
                       and v.id <> u.from_version_id
                     returning s.id, u.from_version_id, v.id as to_version_id, s.stripe_subscription_id

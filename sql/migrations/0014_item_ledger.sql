@@ -109,10 +109,27 @@ comment on function billing._calendar_interval(jsonb) is
 create or replace function billing._item_events(p_tenancy_id uuid, p_customer_type text, p_customer_id text,
                                                 p_item_id text, p_from timestamptz, p_before timestamptz)
 returns table (at timestamptz, delta bigint, expires_at timestamptz, source_kind text, source_id text)
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
+begin
+    -- PL/pgSQL, not SQL: its plans are kept for the session (a SQL function's body is planned
+    -- at every call, and this one is called once per history and refold)
+    return query
+    select c.at, c.delta, coalesce(c.expires_at, 'infinity'), 'item_change'::text, c.id::text
+    from billing.item_quantity_changes c
+    where c.tenancy_id = p_tenancy_id and c.customer_type = p_customer_type and c.customer_id = p_customer_id
+      and c.item_id = p_item_id and c.at >= p_from and c.at < p_before;
+    if not exists (select 1 from billing.subscriptions s
+                   where s.tenancy_id = p_tenancy_id and s.customer_type = p_customer_type
+                     and s.customer_id = p_customer_id)
+       and not exists (select 1 from billing.one_time_purchases o
+                       where o.tenancy_id = p_tenancy_id and o.customer_type = p_customer_type
+                         and o.customer_id = p_customer_id) then
+        return;  -- manual changes only
+    end if;
+    return query
     with purchases as (
         select 'subscription'::text as kind, s.id, s.started_at as start_at,
                coalesce(s.ended_at, case when s.cancel_at_period_end then s.current_period_end end,
@@ -195,14 +212,10 @@ as $$
           and r.seg_start >= p_from and r.seg_start < p_before
           and not (r.expires = 'when-repeated' and n.next_at is not distinct from r.seg_start)
     )
-    select c.at, c.delta, coalesce(c.expires_at, 'infinity'), 'item_change', c.id::text
-    from billing.item_quantity_changes c
-    where c.tenancy_id = p_tenancy_id and c.customer_type = p_customer_type and c.customer_id = p_customer_id
-      and c.item_id = p_item_id and c.at >= p_from and c.at < p_before
-    union all
     select g.at, g.delta, g.expires_at, g.kind, g.id::text from grants g
     union all
     select a.at, a.delta, a.expires_at, a.kind, a.id::text from adjustments a;
+end;
 $$;
 
 comment on function billing._item_events(uuid, text, text, text, timestamptz, timestamptz) is
@@ -216,11 +229,13 @@ comment on function billing._item_events(uuid, text, text, text, timestamptz, ti
 create or replace function billing._item_horizon(p_tenancy_id uuid, p_customer_type text, p_customer_id text,
                                                  p_item_id text)
 returns timestamptz
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-    select case when exists (
+begin
+    -- PL/pgSQL for its cached plan (called at every refold)
+    return case when exists (
         select 1 from billing.subscriptions s
         join billing.product_versions v on v.id = s.product_version_id
         where s.tenancy_id = p_tenancy_id and s.customer_type = p_customer_type and s.customer_id = p_customer_id
@@ -233,6 +248,7 @@ as $$
           and o.revoked_at is null
           and jsonb_typeof(v.content -> 'included_items' -> p_item_id -> 'repeat') = 'array'
     ) then now() + interval '13 months' else 'infinity'::timestamptz end;
+end;
 $$;
 
 comment on function billing._item_horizon(uuid, text, text, text) is
@@ -247,13 +263,19 @@ comment on function billing._item_horizon(uuid, text, text, text) is
 create or replace function billing._lock_item_history(p_tenancy_id uuid, p_customer_type text,
                                                       p_customer_id text, p_item_id text)
 returns timestamptz
-language sql
+language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+    v_points_before timestamptz;
+begin
+    -- PL/pgSQL for its cached plan (called at every refold)
     insert into billing.item_histories as h (tenancy_id, customer_type, customer_id, item_id)
     values (p_tenancy_id, p_customer_type, p_customer_id, p_item_id)
     on conflict (tenancy_id, customer_type, customer_id, item_id) do update set points_before = h.points_before
-    returning h.points_before;
+    returning h.points_before into v_points_before;
+    return v_points_before;
+end;
 $$;
 
 comment on function billing._lock_item_history(uuid, text, text, text) is
@@ -502,9 +524,16 @@ begin
         from (select n.tenancy_id, n.customer_type, n.customer_id, n.item_id, min(n.at) as from_at
               from new_rows n group by 1, 2, 3, 4 order by 1, 2, 3, 4) k;
     elsif tg_op = 'DELETE' then
+        -- only histories that still have their row: when a tenancy is deleted its changes go
+        -- by cascade, and so do (or did) its histories; nothing is to be refolded then
         perform billing._refold_item_history(k.tenancy_id, k.customer_type, k.customer_id, k.item_id, k.from_at)
         from (select o.tenancy_id, o.customer_type, o.customer_id, o.item_id, min(o.at) as from_at
-              from old_rows o group by 1, 2, 3, 4 order by 1, 2, 3, 4) k;
+              from old_rows o
+              where exists (select 1 from billing.item_histories h
+                            where h.tenancy_id = o.tenancy_id and h.customer_type = o.customer_type
+                              and h.customer_id = o.customer_id and h.item_id = o.item_id)
+                and exists (select 1 from app.tenancies t where t.id = o.tenancy_id)
+              group by 1, 2, 3, 4 order by 1, 2, 3, 4) k;
     else
         perform billing._refold_item_history(k.tenancy_id, k.customer_type, k.customer_id, k.item_id, k.from_at)
         from (select c.tenancy_id, c.customer_type, c.customer_id, c.item_id, min(c.at) as from_at
@@ -523,13 +552,20 @@ comment on function billing._tg_refold_item_changes() is
 -- copied from sql/functions/billing._tg_refresh_subscription_items.sql
 -- billing._tg_refresh_subscription_items(): statement-level AFTER INSERT / UPDATE / DELETE
 -- trigger of billing.subscriptions: the item histories that the changed subscriptions feed
--- (every included item of every version they were on, for the old and the new customer)
--- are brought up to date from the subscription's start (from its last move when only the
--- version changed: what came before the move stays as it is), in the same transaction
--- (billing._refresh_item_histories). An UPDATE counts only when it changes what the grants
--- depend on: customer, start, end, cancel-at-period-end, period end, quantity, or a version
--- with other included items (a regen to content with the same items changes nothing).
--- A DELETE (a tenancy going away) only marks histories: nothing is refolded then.
+-- are brought up to date in the same transaction.
+--
+-- Which subscriptions count: every inserted one; an updated one when the update changes
+-- what its grants depend on (customer, start, end, cancel-at-period-end, period end,
+-- quantity, or a version with other included items: a regen to content with the same items
+-- changes nothing); every deleted one.
+-- Up to 20 of them (a grant, a cancel, a Stripe sync of a customer): each history they
+-- feed (every included item of every version they were on, for the old and the new
+-- customer) is refolded now by billing._refresh_item_histories, from the subscription's
+-- start, or from its last move when only the version changed (what came before the move
+-- stays as it is). More (a bulk backfill or regen) and every DELETE (a tenancy going away):
+-- the stored histories of their customers are marked from the start instead (their
+-- points_before moves back, so reads fold past it on the fly, still exact, until
+-- billing.refold_item_histories stores them again); a history without a row needs nothing.
 -- SECURITY DEFINER: a role that may write subscriptions need not be able to write derived state.
 create or replace function billing._tg_refresh_subscription_items()
 returns trigger
@@ -538,11 +574,21 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+    v_rows bigint;
+    v_moves text[];
     v_histories jsonb;
 begin
     -- one statement per operation: a transition table that the trigger does not have
     -- cannot even be named
     if tg_op = 'INSERT' then
+        select count(*) into v_rows from new_rows;
+        if v_rows > 20 then
+            update billing.item_histories h set points_before = least(h.points_before, n.started_at)
+            from new_rows n
+            where h.tenancy_id = n.tenancy_id and h.customer_type = n.customer_type
+              and h.customer_id = n.customer_id and h.points_before > n.started_at;
+            return null;
+        end if;
         select jsonb_agg(k) into v_histories from (
             select n.tenancy_id, n.customer_type, n.customer_id, i.item_id, min(n.started_at) as "from"
             from new_rows n
@@ -550,8 +596,38 @@ begin
             cross join lateral jsonb_object_keys(coalesce(v.content -> 'included_items', '{}')) as i(item_id)
             group by 1, 2, 3, 4) k;
     elsif tg_op = 'UPDATE' then
+        -- the version moves that change included items, as 'from to' (few: looked up once
+        -- per pair, not per row)
+        select coalesce(array_agg(p.from_id || ' ' || p.to_id), '{}') into v_moves
+        from (select distinct o.product_version_id as from_id, n.product_version_id as to_id
+              from old_rows o join new_rows n on n.tenancy_id = o.tenancy_id and n.id = o.id
+              where o.product_version_id <> n.product_version_id) p
+        join billing.product_versions a on a.id = p.from_id
+        join billing.product_versions b on b.id = p.to_id
+        where a.content -> 'included_items' is distinct from b.content -> 'included_items';
+        select count(*) into v_rows
+        from old_rows o join new_rows n on n.tenancy_id = o.tenancy_id and n.id = o.id
+        where (o.customer_type, o.customer_id, o.started_at, o.ended_at, o.cancel_at_period_end,
+               o.current_period_end, o.quantity)
+              is distinct from (n.customer_type, n.customer_id, n.started_at, n.ended_at,
+                                n.cancel_at_period_end, n.current_period_end, n.quantity)
+           or o.product_version_id || ' ' || n.product_version_id = any (v_moves);
+        if v_rows = 0 then
+            return null;
+        end if;
+        if v_rows > 20 then
+            update billing.item_histories h set points_before = least(h.points_before, c.from_at)
+            from (select o.tenancy_id, o.customer_type, o.customer_id, least(o.started_at, n.started_at) as from_at
+                  from old_rows o join new_rows n on n.tenancy_id = o.tenancy_id and n.id = o.id
+                  union all
+                  select n.tenancy_id, n.customer_type, n.customer_id, least(o.started_at, n.started_at)
+                  from old_rows o join new_rows n on n.tenancy_id = o.tenancy_id and n.id = o.id) c
+            where h.tenancy_id = c.tenancy_id and h.customer_type = c.customer_type
+              and h.customer_id = c.customer_id and h.points_before > c.from_at;
+            return null;
+        end if;
         select jsonb_agg(k) into v_histories from (
-            select c.tenancy_id, c.customer_type, c.customer_id, i.item_id, min(c.from_at) as "from"
+            select x.tenancy_id, cu.customer_type, cu.customer_id, i.item_id, min(x.from_at) as "from"
             from (select o.tenancy_id, o.id,
                          -- a version change alone changes nothing before the move: from there
                          case when (o.customer_type, o.customer_id, o.started_at, o.ended_at, o.cancel_at_period_end,
@@ -567,15 +643,12 @@ begin
                          o.customer_type as old_type, o.customer_id as old_id, n.customer_type as new_type,
                          n.customer_id as new_id
                   from old_rows o join new_rows n on n.tenancy_id = o.tenancy_id and n.id = o.id
-                  join billing.product_versions ov on ov.id = o.product_version_id
-                  join billing.product_versions nv on nv.id = n.product_version_id
                   where (o.customer_type, o.customer_id, o.started_at, o.ended_at, o.cancel_at_period_end,
                          o.current_period_end, o.quantity)
                         is distinct from (n.customer_type, n.customer_id, n.started_at, n.ended_at,
                                           n.cancel_at_period_end, n.current_period_end, n.quantity)
-                     or ov.content -> 'included_items' is distinct from nv.content -> 'included_items') x
+                     or o.product_version_id || ' ' || n.product_version_id = any (v_moves)) x
             cross join lateral (values (x.old_type, x.old_id), (x.new_type, x.new_id)) as cu(customer_type, customer_id)
-            cross join lateral (select x.tenancy_id, cu.customer_type, cu.customer_id, x.from_at) c
             cross join lateral (
                 select jsonb_object_keys(coalesce(v.content -> 'included_items', '{}')) as item_id
                 from billing.product_versions v
@@ -597,14 +670,15 @@ end;
 $$;
 
 comment on function billing._tg_refresh_subscription_items() is
-    'Statement trigger of billing.subscriptions: refresh the item histories the changed subscriptions feed.';
+    'Statement trigger of billing.subscriptions: refresh the item histories the changed subscriptions feed (refold up to 20 subscriptions'' histories, mark more).';
 
 -- copied from sql/functions/billing._tg_refresh_purchase_items.sql
 -- billing._tg_refresh_purchase_items(): statement-level AFTER INSERT / UPDATE / DELETE
 -- trigger of billing.one_time_purchases: like billing._tg_refresh_subscription_items, the
 -- item histories the changed purchases feed are brought up to date from the purchase time.
 -- An UPDATE counts when it changes the customer, the purchase time, the revocation time,
--- the quantity or the version. A DELETE only marks histories.
+-- the quantity or the version. An INSERT of more than 20 rows, and a DELETE, only mark
+-- the customers' stored histories.
 -- SECURITY DEFINER: a role that may write purchases need not be able to write derived state.
 create or replace function billing._tg_refresh_purchase_items()
 returns trigger
@@ -613,9 +687,18 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+    v_rows bigint;
     v_histories jsonb;
 begin
     if tg_op = 'INSERT' then
+        select count(*) into v_rows from new_rows;
+        if v_rows > 20 then
+            update billing.item_histories h set points_before = least(h.points_before, n.purchased_at)
+            from new_rows n
+            where h.tenancy_id = n.tenancy_id and h.customer_type = n.customer_type
+              and h.customer_id = n.customer_id and h.points_before > n.purchased_at;
+            return null;
+        end if;
         select jsonb_agg(k) into v_histories from (
             select n.tenancy_id, n.customer_type, n.customer_id, i.item_id, min(n.purchased_at) as "from"
             from new_rows n
