@@ -342,3 +342,22 @@ def test_100k_teams_backfilled_and_100k_subscriptions_regenerated(conn):
                          " where s.tenancy_id = %s", (other,)).fetchone()["n"]
     assert stale == 100000
     assert conn.execute("select count(*) as n from billing.subscription_moves").fetchone()["n"] == 100000
+
+
+def test_moves_go_with_their_subscription_and_tenancy(conn):
+    t = f.tenancy(conn, "internal")
+    team = f.team(conn, t)
+    upsert(conn, t, "free", FREE)
+    first = grant(conn, t, team, "free")
+    upsert(conn, t, "free", FREE | {"display_name": "Free 2"})
+    assert conn.execute(REGEN).fetchone()["n"] == 1
+    moves = "select count(*) as n from billing.subscription_moves where tenancy_id = %s"
+    assert conn.execute(moves, (t,)).fetchone()["n"] == 1
+    conn.execute("delete from billing.subscriptions where id = %s", (first,))
+    assert conn.execute(moves, (t,)).fetchone()["n"] == 0
+    second = grant(conn, t, team, "free")
+    upsert(conn, t, "free", FREE | {"display_name": "Free 3"})
+    assert conn.execute(REGEN).fetchone()["n"] == 1
+    assert conn.execute(moves, (t,)).fetchone()["n"] == 1 and second
+    conn.execute("delete from app.tenancies where id = %s", (t,))
+    assert conn.execute(moves, (t,)).fetchone()["n"] == 0

@@ -1,6 +1,12 @@
 -- Rollback of 0015: the step functions go, the backfill and regen get back their 0013
--- definitions (copied below), and billing.subscriptions its default fillfactor.
+-- definitions (copied below), billing.subscriptions its default fillfactor, and the moves
+-- log its foreign key to the subscriptions.
 alter table billing.subscriptions reset (fillfactor);
+drop trigger if exists subscriptions_delete_moves on billing.subscriptions;
+drop function if exists billing._tg_delete_subscription_moves();
+alter table billing.subscription_moves drop constraint if exists subscription_moves_subscription_fkey;
+alter table billing.subscription_moves add constraint subscription_moves_subscription_fkey
+    foreign key (tenancy_id, subscription_id) references billing.subscriptions (tenancy_id, id) on delete cascade;
 -- copied from sql/functions/billing.backfill_free_plans.sql as of 0012_billing_catalog
 -- billing.backfill_free_plans(p_project_id, p_product_id, p_batch_size, p_limit): give
 -- every team of the project's tenancies that has no live plan in the free product's line
