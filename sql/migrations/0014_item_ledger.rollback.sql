@@ -20,6 +20,8 @@ drop function if exists billing._tg_refresh_subscription_items();
 drop function if exists billing._tg_refold_item_changes();
 drop function if exists billing._refresh_item_histories(jsonb);
 drop function if exists billing._refold_item_history(uuid, text, text, text, timestamptz);
+drop trigger if exists item_histories_delete_points on billing.item_histories;
+drop function if exists billing._tg_delete_item_points();
 drop function if exists billing._item_points(uuid, text, text, text, timestamptz, timestamptz);
 drop function if exists billing._lock_item_history(uuid, text, text, text);
 drop function if exists billing._item_horizon(uuid, text, text, text);
