@@ -57,12 +57,12 @@ from pathlib import Path
 
 import click
 import psycopg
-from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
-from perf.bench_sequencer import BENCH_HOME, RESULTS, Table, Timing, machine_facts, run, timed, write_block
+from perf.bench_sequencer import (BENCH_HOME, RESULTS, Table, Timing, fresh_database, machine_facts, run, timed,
+                                  write_block)
 from perf.bench_sync import small_table
-from pyglue import db, embedded, migrate, paths
+from pyglue import db, embedded, paths
 from pyglue.billing import jobs
 
 DATABASE = "pyglue_bench_billing"
@@ -79,17 +79,6 @@ HEADING = "## Billing jobs"
 
 
 # --- set-up ---------------------------------------------------------------------------
-
-
-def fresh_database(server_dsn: str) -> str:
-    """Drop, create and migrate pyglue_bench_billing; its DSN. (bench_sequencer's
-    fresh_database always makes pyglue_bench, which the sequencer leaves for inspection.)"""
-    with db.connect(server_dsn, autocommit=True) as conn:
-        run(conn, "drop_database", database=DATABASE)
-        run(conn, "create_database", database=DATABASE)
-    dsn = make_conninfo(server_dsn, dbname=DATABASE)
-    migrate.migrate(dsn)
-    return dsn
 
 
 def upsert_free_product(conn: psycopg.Connection, project: str, content: dict) -> str:
@@ -427,7 +416,7 @@ def main(teams: int, baseline_rows: int, batch_size: int) -> None:
     """Benchmark the free-plan backfill and regen at scale, their re-runs, and the per-row loop."""
     load = load_average()
     server = embedded.start(BENCH_HOME)
-    dsn = fresh_database(server.dsn)
+    dsn = fresh_database(server.dsn, DATABASE)
     with db.connect(dsn, autocommit=True, application_name="pyglue bench billing") as conn:
         click.echo(f"seeding {teams:,} teams × 2 and {baseline_rows:,} into {DATABASE} …", err=True)
         seed(conn, {INTERNAL: teams, OTHER: teams, BASELINE: baseline_rows})

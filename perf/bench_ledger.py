@@ -36,10 +36,9 @@ from dataclasses import dataclass
 
 import click
 import psycopg
-from psycopg.conninfo import make_conninfo
 
-from perf.bench_sequencer import BENCH_HOME, machine_facts, run, write_block
-from pyglue import db, embedded, migrate
+from perf.bench_sequencer import BENCH_HOME, fresh_database, machine_facts, run, write_block
+from pyglue import db, embedded
 
 DATABASE = "pyglue_bench_ledger"
 BEGIN, END = "<!-- bench_ledger:begin -->", "<!-- bench_ledger:end -->"
@@ -59,15 +58,6 @@ class Result:
     @property
     def verdict(self) -> str:
         return "" if self.met is None else ("met" if self.met else "NOT met")
-
-
-def fresh_database(server_dsn: str) -> str:
-    with db.connect(server_dsn, autocommit=True) as conn:
-        run(conn, "drop_database", database=DATABASE)
-        run(conn, "create_database", database=DATABASE)
-    dsn = make_conninfo(server_dsn, dbname=DATABASE)
-    migrate.migrate(dsn)
-    return dsn
 
 
 def ingest(conn: psycopg.Connection, tenancy, table: tuple[str, str], changes: int, customers: int,
@@ -143,7 +133,7 @@ def report(results: list[Result], facts: dict[str, str], command: str) -> str:
 def main(changes: int, customers: int, batch_rows: int, history: int, calls: int, read_count: int) -> None:
     """Benchmark the item ledger: ingest, a middle insert, reads."""
     server = embedded.start(BENCH_HOME)
-    dsn = fresh_database(server.dsn)
+    dsn = fresh_database(server.dsn, DATABASE)
     with db.connect(dsn, autocommit=True, application_name="pyglue bench ledger") as conn:
         tenancy = run(conn, "ledger_tenancy").fetchone()["id"]
         run(conn, "ledger_plain_copy")
@@ -159,6 +149,7 @@ def main(changes: int, customers: int, batch_rows: int, history: int, calls: int
         differences = run(conn, "ledger_verify").fetchone()["differences"]
         verify_s = time.perf_counter() - started
         facts = machine_facts(conn)
+    facts["settings"] = facts["settings"].replace("; autovacuum off on measured tables", "")  # not here
     ingest_rate = changes / ledger_s
     results = [
         Result(f"plain INSERT of {changes:,} changes ({batch_rows:,} per statement)", f"{changes / plain_s:,.0f} rows/s"),

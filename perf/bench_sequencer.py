@@ -104,11 +104,12 @@ def timed(action) -> Timing:
 # --- set-up ---------------------------------------------------------------------------
 
 
-def fresh_database(server_dsn: str) -> str:
+def fresh_database(server_dsn: str, database: str = DATABASE) -> str:
+    """Drop, create and migrate the benchmark's database on the server; its DSN."""
     with db.connect(server_dsn, autocommit=True) as conn:
-        run(conn, "drop_database", database=DATABASE)
-        run(conn, "create_database", database=DATABASE)
-    dsn = make_conninfo(server_dsn, dbname=DATABASE)
+        run(conn, "drop_database", database=database)
+        run(conn, "create_database", database=database)
+    dsn = make_conninfo(server_dsn, dbname=database)
     migrate.migrate(dsn)
     return dsn
 
