@@ -104,9 +104,15 @@ def shared_db(server: Server, template_db: str) -> Iterator[str]:
 
 @pytest.fixture
 def conn(shared_db: str) -> Iterator[psycopg.Connection]:
-    """A connection to a migrated database; everything it does is rolled back."""
+    """A connection to a migrated database; everything it does is rolled back. Before the
+    rollback, the item ledger's derived state must still agree with its inputs (issue 10:
+    verify_ledger() is empty after any test), whatever the test did to billing state."""
     with psycopg.connect(shared_db, row_factory=dict_row) as connection:
         yield connection
+        if connection.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+            differences = connection.execute("select * from billing.verify_ledger() limit 3").fetchall()
+            connection.rollback()
+            assert differences == [], f"the test left ledger state that verify_ledger() rejects: {differences}"
         connection.rollback()
 
 

@@ -76,7 +76,7 @@ def test_regen_moves_in_batches_then_nothing(fresh_db, connect):
     result = invoke(fresh_db, "billing", "regen", "--batch-size", "5", "--json")
     assert result.exit_code == 0, result.output
     assert {k: v for k, v in json.loads(result.output).items() if k != "seconds"} == \
-        {"project_id": "internal", "rows": 23, "batches": 5}
+        {"project_id": "internal", "rows": 23, "batches": 5, "stripe_writes_pending": 0}
     assert {r["product_version_id"] for r in plans(c, t)} == {latest}
     again = invoke(fresh_db, "billing", "regen")
     assert again.output.startswith("0 subscription(s) of project internal moved to the latest version in 0 batch(es)")
@@ -216,3 +216,21 @@ def test_db_init_repairs_corrupted_ledger_state(fresh_db, connect):
     assert "ledger    0 item history(ies) refolded, 2 difference(s) repaired" in result.output.splitlines()
     assert c.execute("select count(*) as n from billing.verify_ledger()").fetchone()["n"] == 0
     assert c.execute("select billing.item_quantity(%s, 'custom', 'x', 'credits') as q", (t,)).fetchone()["q"] == 7
+
+
+def test_regen_says_when_stripe_metadata_writes_are_queued(fresh_db, connect):
+    c = connect(fresh_db, autocommit=True)
+    t = f.tenancy(c, "internal")
+    team = f.team(c, t)
+    version = upsert(c, t, FREE)
+    c.execute("insert into billing.subscriptions (tenancy_id, customer_type, customer_id, product_id,"
+              " product_version_id, product_line, is_add_on, stackable, status, quantity, started_at,"
+              " current_period_start, current_period_end, creation_source, stripe_subscription_id)"
+              " values (%s, 'team', %s, 'free', %s, 'plans', false, false, 'active', 1, now(), now(),"
+              " now() + interval '1 month', 'stripe', 'sub_cli_hint')", (t, str(team), version))
+    upsert(c, t, FREE | {"display_name": "Free 2"})
+    result = subprocess.run([sys.executable, "-m", "pyglue", "--dsn", fresh_db, "billing", "regen"],
+                            cwd=paths.ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("1 subscription(s) of project internal moved to the latest version")
+    assert result.stderr == "1 Stripe metadata write(s) queued: run pyglue billing stripe-deliver\n"

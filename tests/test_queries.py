@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from pyglue import queries
 
 SAMPLES = {"tenancy_id": uuid.uuid4(), "project": "demo", "users": 10, "busy_retry_s": 1.0,
-           "pid": 1, "backend_start": None, "xact": "1"}
+           "pid": 1, "backend_start": None, "xact": "1", "project_id": "internal", "product_id": "free",
+           "ours": [1, 2], "customer_type": "team", "customer_id": "t", "item_id": "seats",
+           "at": dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc), "keep_s": 86400.0, "base_delay_s": 5.0,
+           "max_delay_s": 3600.0, "lease_s": 300.0, "limit": 10, "id": 1, "error": "e",
+           "metadata": Jsonb({}), "rows": Jsonb([]), "read_at": None}
 NAMES = sorted(p.stem for p in queries.FOLDER.glob("*.sql"))
 
 

@@ -9,6 +9,7 @@ import click
 
 from pyglue import db
 from pyglue.billing import jobs, ledger
+from pyglue.billing import stripe as stripe_billing
 from pyglue.progress import Progress
 
 
@@ -57,8 +58,11 @@ def regen_cmd(obj, project_id: str, batch_size: int, as_json: bool) -> None:
         pending = jobs.regen_pending(conn, project_id)
         with Progress(pending, "moving subscriptions", enabled=not as_json) as progress:
             result = jobs.regen_subscriptions(conn, project_id, batch_size, progress.advance)
+        stripe_writes, _next_due = stripe_billing.pending_outbox(conn)
     _report(result, as_json, f"{result.rows} subscription(s) of project {project_id} moved to the latest version",
-            project_id=project_id)
+            project_id=project_id, stripe_writes_pending=stripe_writes)
+    if stripe_writes and not as_json:
+        click.echo(f"{stripe_writes} Stripe metadata write(s) queued: run pyglue billing stripe-deliver", err=True)
 
 
 def _show_notices(conn) -> None:
@@ -66,7 +70,7 @@ def _show_notices(conn) -> None:
     conn.add_notice_handler(lambda diag: click.echo(f"note: {diag.message_primary}", err=True))
 
 
-def _report(result: jobs.JobResult, as_json: bool, line: str, **facts: str) -> None:
+def _report(result: jobs.JobResult, as_json: bool, line: str, **facts) -> None:
     if as_json:
         click.echo(json.dumps(facts | result.as_dict()))
     else:
