@@ -110,6 +110,7 @@ def conn(shared_db: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(shared_db, row_factory=dict_row) as connection:
         yield connection
         if connection.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+            connection.execute("reset role")  # a test may have taken a role that cannot read billing
             differences = connection.execute("select * from billing.verify_ledger() limit 3").fetchall()
             connection.rollback()
             assert differences == [], f"the test left ledger state that verify_ledger() rejects: {differences}"
