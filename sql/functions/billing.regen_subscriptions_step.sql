@@ -34,8 +34,7 @@ as $$
 declare
     v_tenancy_id uuid;
     v_after uuid;
-    v_ids uuid[];
-    v_from text[];
+    v_from jsonb;  -- {subscription id: version} of the stale rows walked
     v_last uuid;
     v_walked bigint;
     v_moved bigint;
@@ -60,8 +59,8 @@ begin
                             then p_after_subscription_id else '00000000-0000-0000-0000-000000000000' end;
             -- the walk: next rows by primary key; the stale ones with the version they are on
             select count(*), (array_agg(w.id order by w.id desc))[1],
-                   array_agg(w.id) filter (where w.stale), array_agg(w.product_version_id) filter (where w.stale)
-            into v_walked, v_last, v_ids, v_from
+                   jsonb_object_agg(w.id, w.product_version_id) filter (where w.stale)
+            into v_walked, v_last, v_from
             from (
                 select s.id, s.product_version_id,
                        s.ended_at is null and s.product_version_id <> p.current_version_id as stale
@@ -76,7 +75,7 @@ begin
             walked := walked + v_walked;
             last_tenancy_id := v_tenancy_id;
             last_subscription_id := v_last;
-            if v_ids is not null then
+            if v_from is not null then
                 -- the products stay as they are until we commit (taken only when there is
                 -- something to move: a run that moves nothing writes nothing, not even a
                 -- lock); the UPDATE reads the current versions after this
@@ -85,15 +84,16 @@ begin
                     update billing.subscriptions s
                     set product_version_id = v.id, product_line = v.product_line, is_add_on = v.is_add_on,
                         stackable = v.stackable
-                    from unnest(v_ids, v_from) as u(id, from_version_id),
-                         billing.products p join billing.product_versions v on v.id = p.current_version_id
-                    -- the walked range of the primary key finds the rows; the join to the
-                    -- unnest (hashed) then pairs each with the version the walk saw
+                    from billing.products p join billing.product_versions v on v.id = p.current_version_id
+                    -- the walked range of the primary key finds the rows; the version the walk
+                    -- saw is looked up in a jsonb object by id (no join with a list of them: the
+                    -- planner, blind to its size, ran one as a nested loop over the list per row)
                     where s.tenancy_id = v_tenancy_id and s.id >= v_after and s.id <= v_last
-                      and s.id = u.id and s.product_version_id = u.from_version_id
+                      and s.product_version_id = v_from ->> s.id::text
                       and s.ended_at is null and p.tenancy_id = s.tenancy_id and p.product_id = s.product_id
-                      and v.id <> u.from_version_id
-                    returning s.id, u.from_version_id, v.id as to_version_id, s.stripe_subscription_id
+                      and v.id <> s.product_version_id
+                    returning s.id, v_from ->> s.id::text as from_version_id, v.id as to_version_id,
+                              s.stripe_subscription_id
                 ), logged as (
                     insert into billing.subscription_moves (tenancy_id, subscription_id, from_version_id, to_version_id)
                     select v_tenancy_id, m.id, m.from_version_id, m.to_version_id from moving m
