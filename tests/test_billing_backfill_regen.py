@@ -4,15 +4,13 @@ interleavings of two connections, forward-only history, and 100,000 rows."""
 
 from __future__ import annotations
 
-import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
 from tests import factories as f
+from tests.sessions import refused, wait_until_blocked
 
 FREE = {"display_name": "Free", "customer_type": "team", "product_line": "plans",
         "prices": {"free": {"amounts": {"USD": "0"}, "interval": [1, "month"]}},
@@ -52,13 +50,6 @@ def row_versions(conn, ids) -> dict:
     return {r["id"]: (r["x"], r["v"]) for r in rows}
 
 
-def refused(conn, sqlstate: str, message: str, query: str, params=()) -> None:
-    with pytest.raises(psycopg.Error, match=re.escape(message)) as e:
-        with conn.transaction():
-            conn.execute(query, params)
-    assert e.value.sqlstate == sqlstate, e.value
-
-
 def wrote_nothing(conn, query: str) -> int:
     """Run query in a transaction of its own; no transaction id was assigned, so no row was written."""
     conn.commit()
@@ -66,17 +57,6 @@ def wrote_nothing(conn, query: str) -> int:
     assert conn.execute("select pg_current_xact_id_if_assigned() as x").fetchone()["x"] is None
     conn.commit()
     return n
-
-
-def wait_until_blocked(watcher, session) -> None:
-    pid = session.info.backend_pid
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        row = watcher.execute("select wait_event_type from pg_stat_activity where pid = %s", (pid,)).fetchone()
-        if row and row["wait_event_type"] == "Lock":
-            return
-        time.sleep(0.02)
-    raise AssertionError("the second session never waited for the first")
 
 
 # --- backfill -------------------------------------------------------------------------

@@ -8,11 +8,11 @@ import copy
 import datetime as dt
 import re
 
-import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
 from tests import factories as f
+from tests.sessions import refused
 
 PLAN = {
     "display_name": "Pro",
@@ -47,15 +47,6 @@ def upsert(conn, tenancy, product_id, body) -> str:
 def grant(conn, tenancy, customer_type, customer_id, product_id, quantity=1, source="api_grant", at=AT):
     return conn.execute("select billing.grant_product(%s, %s, %s, %s, %s, %s, %s) as id",
                         (tenancy, customer_type, str(customer_id), product_id, quantity, source, at)).fetchone()["id"]
-
-
-def refused(conn, sqlstate: str, message: str, query: str, params=()) -> None:
-    """The statement raises with this SQLSTATE and a message containing `message`; the
-    savepoint keeps the test's transaction usable."""
-    with pytest.raises(psycopg.Error, match=re.escape(message)) as e:
-        with conn.transaction():
-            conn.execute(query, params)
-    assert e.value.sqlstate == sqlstate, e.value
 
 
 def versions(conn, tenancy) -> int:

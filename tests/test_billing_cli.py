@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -16,6 +15,7 @@ from psycopg.types.json import Jsonb
 from pyglue import paths
 from pyglue.cli import cli
 from tests import factories as f
+from tests.sessions import wait_for
 
 FREE = {"display_name": "Free", "customer_type": "team", "product_line": "plans",
         "prices": {"free": {"amounts": {"USD": "0"}, "interval": [1, "month"]}}}
@@ -107,15 +107,6 @@ def test_bad_batch_size_is_refused_before_connecting(fresh_db):
     assert "0 is not in the range" in result.output
 
 
-def _wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 def _blocked_on_lock(watcher, application_name) -> bool:
     return watcher.execute("select count(*) as n from pg_stat_activity where application_name = %s"
                            " and wait_event_type = 'Lock'", (application_name,)).fetchone()["n"] == 1
@@ -140,13 +131,13 @@ def test_backfill_killed_mid_run_then_rerun_equals_one_clean_run(fresh_db, conne
     victim = subprocess.Popen([sys.executable, "-m", "pyglue", "--dsn", fresh_db, "billing", "backfill-free-plans",
                                "--batch-size", "20"], cwd=paths.ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: _blocked_on_lock(c, "pyglue billing backfill"))
+    wait_for(lambda: _blocked_on_lock(c, "pyglue billing backfill"))
     committed = len(plans(c, t))
     assert committed == 180  # nine batches of 20 committed; the tenth waits on the last team
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     blocker.rollback()
-    _wait_for(lambda: not _blocked_on_lock(c, "pyglue billing backfill"))
+    wait_for(lambda: not _blocked_on_lock(c, "pyglue billing backfill"))
     rerun = invoke(fresh_db, "billing", "backfill-free-plans", "--batch-size", "20", "--json")
     assert rerun.exit_code == 0, rerun.output
     assert json.loads(rerun.output)["rows"] == 20
@@ -168,14 +159,14 @@ def test_regen_killed_mid_run_then_rerun_moves_each_subscription_once(fresh_db, 
     victim = subprocess.Popen([sys.executable, "-m", "pyglue", "--dsn", fresh_db, "billing", "regen",
                                "--batch-size", "10"], cwd=paths.ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: _blocked_on_lock(c, "pyglue billing regen"))
+    wait_for(lambda: _blocked_on_lock(c, "pyglue billing regen"))
     moved_before_kill = c.execute("select count(*) as n from billing.subscription_moves where tenancy_id = %s",
                                   (t,)).fetchone()["n"]
     assert moved_before_kill % 10 == 0 and moved_before_kill < 100  # whole batches only
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     blocker.rollback()
-    _wait_for(lambda: not _blocked_on_lock(c, "pyglue billing regen"))
+    wait_for(lambda: not _blocked_on_lock(c, "pyglue billing regen"))
     rerun = invoke(fresh_db, "billing", "regen", "--json")
     assert json.loads(rerun.output)["rows"] == 100 - moved_before_kill
     assert {r["product_version_id"] for r in plans(c, t)} == {latest}

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import factories as f
+from tests.sessions import refused, wait_until_blocked
 from tests import ledger_model as model
 from tests.ledger_model import Change
 
@@ -90,25 +91,6 @@ def boundaries(changes: list[Change]) -> list[int]:
     """Every event time and expiry, and 1 ms either side."""
     times = {c.at for c in changes} | {c.expires_at for c in changes if c.expires_at is not None}
     return sorted({t + d for t in times for d in (-1, 0, 1)})
-
-
-def refused(conn, sqlstate: str, message: str, query: str, params=()) -> psycopg.Error:
-    with pytest.raises(psycopg.Error, match=re.escape(message)) as e:
-        with conn.transaction():
-            conn.execute(query, params)
-    assert e.value.sqlstate == sqlstate, e.value
-    return e.value
-
-
-def wait_until_blocked(watcher, session) -> None:
-    pid = session.info.backend_pid
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        row = watcher.execute("select wait_event_type from pg_stat_activity where pid = %s", (pid,)).fetchone()
-        if row and row["wait_event_type"] == "Lock":
-            return
-        time.sleep(0.02)
-    raise AssertionError("the second session never waited for the first")
 
 
 def blocked_by(watcher, session) -> dict:

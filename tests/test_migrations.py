@@ -17,6 +17,7 @@ from pyglue import dsn as dsns
 from pyglue import migrate, paths
 from pyglue.errors import PyglueError
 from tests import catalog
+from tests.sessions import wait_for
 
 ALL = sorted(p.stem for p in paths.MIGRATIONS.glob("*.sql") if not p.name.endswith(".rollback.sql"))
 
@@ -95,15 +96,6 @@ def _sleepy_migrations(tmp_path: Path) -> Path:
     return folder
 
 
-def _wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 @pytest.mark.slow
 def test_runner_killed_while_holding_the_lock_does_not_block_the_next(make_database, tmp_path):
     target = make_database()
@@ -116,7 +108,7 @@ def test_runner_killed_while_holding_the_lock_does_not_block_the_next(make_datab
             return watcher.execute(
                 "select count(*) from pg_stat_activity where query like 'select pg_sleep%%' and state = 'active'"
             ).fetchone()[0] == 1
-        _wait_for(sleeping)
+        wait_for(sleeping)
         held = watcher.execute("select count(*) from pg_locks where locktype = 'advisory' and granted").fetchone()[0]
         assert held == 1
         victim.send_signal(signal.SIGKILL)
@@ -159,14 +151,14 @@ def test_lock_row_of_a_killed_yoyo_apply_is_removed_without_waiting(make_databas
         def sleeping() -> bool:
             return watcher.execute("select count(*) from pg_stat_activity"
                                    " where query like 'select pg_sleep%%' and state = 'active'").fetchone()[0] == 1
-        _wait_for(sleeping)
+        wait_for(sleeping)
         assert watcher.execute("select count(*) from yoyo_lock").fetchone()[0] == 1
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
         # the server ends the orphaned backend when it next talks to its client; here, now
         watcher.execute("select pg_terminate_backend(pid) from pg_stat_activity where query like 'select pg_sleep%%'"
                         " and pid <> pg_backend_pid()")
-        _wait_for(lambda: not sleeping())
+        wait_for(lambda: not sleeping())
 
     started = time.monotonic()
     done = subprocess.run(pyglue_cmd("--dsn", target, "db", "migrate", "--migrations-dir", str(folder),
