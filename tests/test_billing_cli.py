@@ -201,7 +201,8 @@ def test_db_init_repairs_corrupted_ledger_state(fresh_db, connect):
     t = f.tenancy(c, "internal")
     c.execute("select billing.change_item_quantity(%s, 'custom', 'x', 'credits', 10)", (t,))
     c.execute("select billing.change_item_quantity(%s, 'custom', 'x', 'credits', -3)", (t,))
-    c.execute("update billing.item_balances set balance = 99 where tenancy_id = %s", (t,))
+    c.execute("update billing.item_balance_chunks set balances = array_fill(99::bigint, array[cardinality(balances)])"
+              " where tenancy_id = %s", (t,))
     result = invoke(fresh_db, "db", "init")
     assert result.exit_code == 0, result.output
     assert "ledger    0 item history(ies) refolded, 2 difference(s) repaired" in result.output.splitlines()

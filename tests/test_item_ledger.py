@@ -63,15 +63,20 @@ def quantities(conn, tenancy, customer: str, probes: list[int], item: str = ITEM
 
 
 def points(conn, tenancy, customer: str) -> list[dict]:
-    """The derived points of one history: {at, balance, debt, lots {expiry ms or None: quantity}}, and
-    ctid/xmin to tell a rewritten row from a kept one."""
+    """The derived points of one history, from its chunks: {at, balance, debt, lots, chunk}; lots
+    ({expiry ms or None: quantity}) only at the end of a chunk (None elsewhere), and chunk the
+    chunk's first instant, ctid and xmin, to tell a rewritten chunk from a kept one."""
     rows = conn.execute(
-        "select ctid::text as ctid, xmin::text as xmin, at, balance, debt, lot_quantities,"
-        " array(select nullif(e, 'infinity') from unnest(lot_expiries) e) as lot_expiries"
-        " from billing.item_balances where tenancy_id = %s and customer_type = 'team' and customer_id = %s"
-        " and item_id = %s order by at", (tenancy, customer, ITEM)).fetchall()
-    return [{"at": ms(r["at"]), "balance": r["balance"], "debt": r["debt"], "ctid": r["ctid"], "xmin": r["xmin"],
-             "lots": {ms(e): q for e, q in zip(r["lot_expiries"], r["lot_quantities"])}} for r in rows]
+        "select c.ctid::text as ctid, c.xmin::text as xmin, c.first_at, x.at, x.balance, x.debt,"
+        " x.at = c.last_at as chunk_end, c.lot_quantities,"
+        " array(select nullif(e, 'infinity') from unnest(c.lot_expiries) e) as lot_expiries"
+        " from billing.item_balance_chunks c cross join lateral unnest(c.ats, c.balances, c.debts) x (at, balance, debt)"
+        " where c.tenancy_id = %s and c.customer_type = 'team' and c.customer_id = %s and c.item_id = %s"
+        " order by x.at", (tenancy, customer, ITEM)).fetchall()
+    return [{"at": ms(r["at"]), "balance": r["balance"], "debt": r["debt"],
+             "chunk": (ms(r["first_at"]), r["ctid"], r["xmin"]),
+             "lots": {ms(e): q for e, q in zip(r["lot_expiries"], r["lot_quantities"])} if r["chunk_end"] else None}
+            for r in rows]
 
 
 def model_point(changes: list[Change], at: int) -> dict:
@@ -81,6 +86,11 @@ def model_point(changes: list[Change], at: int) -> dict:
 
 def stored_states(pts: list[dict]) -> list[dict]:
     return [{k: p[k] for k in ("at", "balance", "debt", "lots")} for p in pts]
+
+
+def model_states(changes: list[Change], pts: list[dict]) -> list[dict]:
+    """What stored_states(pts) must be: the model's state at each stored instant (lots where stored)."""
+    return [model_point(changes, p["at"]) | ({} if p["lots"] is not None else {"lots": None}) for p in pts]
 
 
 def differences(conn) -> list[dict]:
@@ -276,7 +286,7 @@ def ledger_db(fresh_db, connect):
     t = f.tenancy(setup)
 
     def vacuum():
-        setup.execute("vacuum billing.item_quantity_changes, billing.item_histories, billing.item_balances")
+        setup.execute("vacuum billing.item_quantity_changes, billing.item_histories, billing.item_balance_chunks")
 
     return connect(fresh_db), t, vacuum
 
@@ -289,10 +299,13 @@ def test_random_histories_match_the_model(ledger_db, history):
     started = time.perf_counter()
     customer = f"c{next(_customers)}"
     with conn.transaction(force_rollback=True):
+        # chunks of 2 or 3 points cross chunk boundaries often; 128 is the default
+        conn.execute("select set_config('billing.ledger_chunk_points', %s, true)",
+                     (str((2, 3, 128)[_examples["n"] % 3]),))
         final, probes = apply_history(conn, t, customer, history)
         assert dict(zip(probes, quantities(conn, t, customer, probes))) == {p: model.balance(final, p) for p in probes}
         pts = points(conn, t, customer)
-        assert stored_states(pts) == [model_point(final, p["at"]) for p in pts]
+        assert stored_states(pts) == model_states(final, pts)
         assert conn.execute("select count(*) as n from billing.verify_ledger()").fetchone()["n"] == 0
     _examples["n"] += 1
     _examples["seconds"] += time.perf_counter() - started
@@ -343,10 +356,10 @@ BASE = [Change(1000, 10), Change(2000, 5, 4000), Change(3000, -3), Change(5000, 
         Change(7000, 4, 9000)]
 
 
-def rewritten_at(before: list[dict], after: list[dict]) -> list[int]:
-    """Instants whose point is new or was rewritten (another row version)."""
-    kept = {(p["at"], p["ctid"], p["xmin"]) for p in before}
-    return [p["at"] for p in after if (p["at"], p["ctid"], p["xmin"]) not in kept]
+def rewritten_from(before: list[dict], after: list[dict]) -> list[int]:
+    """First instants of the chunks that are new or were rewritten (another row version)."""
+    kept = {p["chunk"] for p in before}
+    return sorted({p["chunk"][0] for p in after if p["chunk"] not in kept})
 
 
 @pytest.mark.parametrize("edit, expected_from", [
@@ -358,12 +371,16 @@ def rewritten_at(before: list[dict], after: list[dict]) -> list[int]:
     ("delta", 6000),
     ("expiry", 7000),
 ])
-def test_an_edit_in_the_middle_rewrites_only_points_at_or_after_it(conn, edit, expected_from):
+def test_an_edit_in_the_middle_rewrites_only_chunks_at_or_after_it(conn, edit, expected_from):
+    """Chunks of two points: [1000 2000] [3000 4000] [5000 6000] [7000 9000] (4000 and 9000 are
+    expiries); a chunk that ends before the edit is kept as it is, the one holding it and the
+    later ones are written again."""
+    conn.execute("set billing.ledger_chunk_points = 2")
     t = f.tenancy(conn)
     ids = [change(conn, t, "c", c) for c in BASE]
     final = list(BASE)
     before = points(conn, t, "c")
-    assert stored_states(before) == [model_point(BASE, p["at"]) for p in before]
+    assert stored_states(before) == model_states(BASE, before)
     with conn.transaction():  # a subtransaction: rows it writes have an xmin of their own
         if edit == "insert":
             change(conn, t, "c", Change(3500, -1))
@@ -387,11 +404,15 @@ def test_an_edit_in_the_middle_rewrites_only_points_at_or_after_it(conn, edit, e
             conn.execute("update billing.item_quantity_changes set expires_at = %s where id = %s", (ts(8000), ids[5]))
             final[5] = Change(7000, 4, 8000)
     after = points(conn, t, "c")
-    assert stored_states(after) == [model_point(final, p["at"]) for p in after]
-    # the points before the edit are the same row versions; only later ones were written
-    assert [p for p in after if p["at"] < expected_from] == [p for p in before if p["at"] < expected_from]
-    rewritten = rewritten_at(before, after)
-    assert rewritten and min(rewritten) >= expected_from, rewritten
+    assert stored_states(after) == model_states(final, after)
+    assert {p["chunk"][0] for p in before} == {1000, 3000, 5000, 7000}
+    # the chunks that end before the edit are the same row versions; only later ones were written
+    ends_before = [p for p in before if max(q["at"] for q in before if q["chunk"] == p["chunk"]) < expected_from]
+    assert [p for p in after if p["chunk"] in {q["chunk"] for q in ends_before}] == ends_before
+    rewritten = rewritten_from(before, after)
+    assert rewritten, "nothing was written"
+    for first in rewritten:  # each rewritten chunk reaches the edit or lies after it
+        assert max(p["at"] for p in after if p["chunk"][0] == first) >= expected_from, (first, rewritten)
     assert differences(conn) == []
 
 
@@ -549,7 +570,7 @@ def test_a_new_history_created_by_two_sessions_at_once(fresh_db, connect):
 HISTORY = [Change(1000, 10, 5000), Change(1000, 20, 3000), Change(2000, -8)]  # points 1000, 2000, 3000, 5000
 
 
-@pytest.mark.parametrize("corruption", ["balance", "debt", "lots", "delete", "bogus"])
+@pytest.mark.parametrize("corruption", ["balance", "debt", "lots", "delete", "bogus", "twice"])
 def test_verify_lists_a_corrupted_point_and_rebuild_repairs_it(conn, corruption):
     t = f.tenancy(conn)
     for c in HISTORY:
@@ -558,29 +579,34 @@ def test_verify_lists_a_corrupted_point_and_rebuild_repairs_it(conn, corruption)
     good = points(conn, t, "c")
     assert [p["at"] for p in good] == [1000, 2000, 3000, 5000]
     assert differences(conn) == []
-    where = "tenancy_id = %s and customer_id = 'c' and at = %s"
+    where = "tenancy_id = %s and customer_id = 'c'"
     row = {"tenancy_id": t, "customer_type": "team", "customer_id": "c", "item_id": ITEM, "at": ts(3000),
            "expected_balance": 10, "stored_balance": 10, "expected_debt": 0, "stored_debt": 0}
     if corruption == "balance":
-        conn.execute(f"update billing.item_balances set balance = 11 where {where}", (t, ts(3000)))
+        conn.execute(f"update billing.item_balance_chunks set balances[3] = 11 where {where}", (t,))
         row |= {"stored_balance": 11}
     elif corruption == "debt":
-        conn.execute(f"update billing.item_balances set debt = 1, balance = 9, lot_expiries = '{{}}',"
-                     f" lot_quantities = '{{}}' where {where}", (t, ts(3000)))
+        conn.execute(f"update billing.item_balance_chunks set debts[3] = 1, balances[3] = 9 where {where}", (t,))
         row |= {"stored_balance": 9, "stored_debt": 1}
-    elif corruption == "lots":  # same balance, other lots
-        conn.execute(f"update billing.item_balances set lot_expiries = array['infinity'::timestamptz]"
-                     f" where {where}", (t, ts(3000)))
+    elif corruption == "lots":  # same balance, other lots after the chunk's last point (5000: none)
+        conn.execute(f"update billing.item_balance_chunks set lot_expiries = array['infinity'::timestamptz],"
+                     f" lot_quantities = array[0::bigint] where {where}", (t,))
+        row |= {"at": ts(5000), "expected_balance": 0, "stored_balance": 0}
     elif corruption == "delete":
-        conn.execute(f"delete from billing.item_balances where {where}", (t, ts(3000)))
+        conn.execute(f"update billing.item_balance_chunks set ats = ats[:2] || ats[4:],"
+                     f" balances = balances[:2] || balances[4:], debts = debts[:2] || debts[4:] where {where}", (t,))
         row |= {"stored_balance": None, "stored_debt": None}
-    else:
-        conn.execute("insert into billing.item_balances select tenancy_id, customer_type, customer_id, item_id,"
-                     " %s, 99, 0, lot_expiries, lot_quantities from billing.item_balances where " + where,
-                     (ts(2500), t, ts(2000)))
+    elif corruption == "bogus":
+        conn.execute(f"update billing.item_balance_chunks set ats = ats[:2] || %s::timestamptz || ats[3:],"
+                     f" balances = balances[:2] || 99::bigint || balances[3:], debts = debts[:2] || 0::bigint || debts[3:]"
+                     f" where {where}", (ts(2500), t))
         row |= {"at": ts(2500), "expected_balance": None, "stored_balance": 99, "expected_debt": None,
                 "stored_debt": 0}
-    assert differences(conn) == [row]
+    else:  # one point in two chunks
+        conn.execute("insert into billing.item_balance_chunks select tenancy_id, customer_type, customer_id, item_id,"
+                     " %s, %s, array[%s::timestamptz], array[10::bigint], array[0::bigint], '{}', '{}'"
+                     f" from billing.item_balance_chunks where {where}", (ts(3000), ts(3000), ts(3000), t))
+    assert differences(conn) == ([row, row] if corruption == "twice" else [row])
     histories = conn.execute("select count(*) as n from billing.item_histories").fetchone()["n"]
     assert conn.execute("select billing.rebuild_ledger() as n").fetchone()["n"] == histories
     assert differences(conn) == []
@@ -611,7 +637,7 @@ def test_histories_of_one_customer_id_in_two_tenancies_do_not_mix(conn):
     assert differences(conn) == []
 
     conn.execute("delete from app.tenancies where id = %s", (one,))
-    for table in ("item_quantity_changes", "item_histories", "item_balances"):
+    for table in ("item_quantity_changes", "item_histories", "item_balance_chunks"):
         counts = conn.execute(f"select count(*) filter (where tenancy_id = %s) as one,"
                               f" count(*) filter (where tenancy_id = %s) as two from billing.{table}",
                               (one, two)).fetchone()

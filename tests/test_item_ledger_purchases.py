@@ -128,12 +128,14 @@ def test_quantity_times_purchase_quantity_and_one_time_purchases(conn):
 
 
 def test_regen_to_more_items_adjusts_from_the_move_and_leaves_history_before_it(conn):
+    conn.execute("set billing.ledger_chunk_points = 1")  # a chunk per point: a kept point is a kept row
     t = f.tenancy(conn, "internal")
     product(conn, t, "m", {"c": {"quantity": 100, "repeat": [1, "month"], "expires": "when-repeated"}})
     start = conn.execute("select now() - interval '10 days' as s").fetchone()["s"]
     grant(conn, t, "c", "m", start)
     change(conn, t, "c", "c", -30, start + dt.timedelta(days=1))
-    before = conn.execute("select at, xmin::text as x from billing.item_balances where tenancy_id = %s and at < now()"
+    before = conn.execute("select first_at as at, xmin::text as x from billing.item_balance_chunks where tenancy_id = %s"
+                          " and first_at < now()"
                           " order by at", (t,)).fetchall()
     product(conn, t, "m", {"c": {"quantity": 150, "repeat": [1, "month"], "expires": "when-repeated"}})
     assert conn.execute("select billing.regen_subscriptions_to_latest() as n").fetchone()["n"] == 1
@@ -142,7 +144,8 @@ def test_regen_to_more_items_adjusts_from_the_move_and_leaves_history_before_it(
     assert after == [70, 120]  # +50 from the move, the 30 used stay used
     next_repeat = conn.execute("select %s::timestamptz + interval '1 month' as r", (start,)).fetchone()["r"]
     assert quantities(conn, t, "c", "c", [next_repeat]) == [150]
-    assert conn.execute("select at, xmin::text as x from billing.item_balances where tenancy_id = %s and at < %s"
+    assert conn.execute("select first_at as at, xmin::text as x from billing.item_balance_chunks where tenancy_id = %s"
+                        " and first_at < %s"
                         " order by at", (t, moved_at)).fetchall() == [r for r in before if r["at"] < moved_at]
     verify_empty(conn)
 
@@ -162,7 +165,7 @@ def test_regen_to_the_same_items_writes_no_ledger_row(conn):
     t = f.tenancy(conn, "internal")
     product(conn, t, "p", {"c": {"quantity": 10, "expires": "never"}})
     grant(conn, t, "c", "p", conn.execute("select now() - interval '1 day' as s").fetchone()["s"])
-    state = "select (select array_agg(xmin::text order by at) from billing.item_balances) as b," \
+    state = "select (select array_agg(xmin::text order by first_at) from billing.item_balance_chunks) as b," \
             " (select array_agg(xmin::text) from billing.item_histories) as h"
     before = conn.execute(state).fetchone()
     product(conn, t, "p", {"c": {"quantity": 10, "expires": "never"}}, display_name="renamed")

@@ -1,6 +1,7 @@
 -- billing._item_points(p_tenancy_id, p_customer_type, p_customer_id, p_item_id, p_from,
--- p_before): the fold of one item history over [p_from, p_before): one row per instant at
--- which something happens (a change, or the expiry of a lot), with the state after it.
+-- p_before, p_chunk): the fold of one item history from p_from to p_before, as chunks of
+-- the points it yields (a point: an instant at which something happens, a change or the
+-- expiry of a lot, with the balance and debt after it), at most p_chunk points per chunk.
 --
 -- The fold (../shared/DESIGN.md "Item ledger"), in time order; at one instant:
 --   1. grants, soonest expiry first (never-expiring last): each pays off debt first, what
@@ -14,59 +15,100 @@
 -- expiry: lot_expiries ascending ('infinity' = never) with lot_quantities beside them, and
 -- debt. Debt and lots never coexist (a removal empties every lot before it makes debt, a
 -- grant pays debt before it makes a lot). balance = sum(lot_quantities) - debt.
--- The fold starts from the stored state of the last point before p_from in
--- billing.item_balances ('-infinity': from nothing, as billing.verify_ledger does).
+--
+-- Resumes from the chunks stored in billing.item_balance_chunks before p_from (from
+-- '-infinity': from nothing, as billing.verify_ledger does): from the end state of the last
+-- chunk before p_from. A chunk holding p_from is folded again from its first point, and a
+-- last chunk with room left is continued (its points come first in the first chunk), so
+-- the first chunk returned may start before p_from: a caller that stores the result
+-- replaces the stored chunks from that chunk's first_at on (billing._refold_item_history).
 -- Inputs: billing._item_events (manual changes, purchase grants and adjustments).
--- Returns: (at, balance, debt, lot_expiries, lot_quantities) per instant, ascending.
+-- Returns: (first_at, last_at, ats, balances, debts, lot_expiries, lot_quantities) per
+-- chunk, ascending; the lots are the state after the chunk's last point (so with p_chunk
+-- = 1, after every point).
 create or replace function billing._item_points(p_tenancy_id uuid, p_customer_type text, p_customer_id text,
-                                                p_item_id text, p_from timestamptz, p_before timestamptz)
-returns table (at timestamptz, balance bigint, debt bigint, lot_expiries timestamptz[], lot_quantities bigint[])
+                                                p_item_id text, p_from timestamptz, p_before timestamptz,
+                                                p_chunk integer default 128)
+returns table (first_at timestamptz, last_at timestamptz, ats timestamptz[], balances bigint[], debts bigint[],
+               lot_expiries timestamptz[], lot_quantities bigint[])
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+    v_from timestamptz := p_from;
+    v_prev billing.item_balance_chunks;
     v_exp timestamptz[];
     v_qty bigint[];
     v_debt bigint;
     v_total bigint;  -- sum of v_qty
+    v_n integer := 0;  -- points in the chunk being built (ats, balances, debts)
     v_instant record;
     v_i integer;
     v_j integer;
     v_left bigint;
     v_take bigint;
 begin
-    select b.debt, b.lot_expiries, b.lot_quantities into v_debt, v_exp, v_qty
-    from billing.item_balances b
-    where b.tenancy_id = p_tenancy_id and b.customer_type = p_customer_type and b.customer_id = p_customer_id
-      and b.item_id = p_item_id and b.at < p_from
-    order by b.at desc
+    select c.* into v_prev from billing.item_balance_chunks c
+    where c.tenancy_id = p_tenancy_id and c.customer_type = p_customer_type and c.customer_id = p_customer_id
+      and c.item_id = p_item_id and c.first_at < p_from
+    order by c.first_at desc
     limit 1;
-    if not found then
+    if found and v_prev.last_at >= p_from then
+        -- p_from falls inside this chunk: fold it again from its first point
+        v_from := v_prev.first_at;
+        select c.* into v_prev from billing.item_balance_chunks c
+        where c.tenancy_id = p_tenancy_id and c.customer_type = p_customer_type and c.customer_id = p_customer_id
+          and c.item_id = p_item_id and c.first_at < v_from
+        order by c.first_at desc
+        limit 1;
+    elsif found and cardinality(v_prev.ats) < p_chunk then
+        -- continue the last chunk: its points come first
+        v_n := cardinality(v_prev.ats);
+        first_at := v_prev.first_at;
+        ats := v_prev.ats;
+        balances := v_prev.balances;
+        debts := v_prev.debts;
+    end if;
+    if v_prev.first_at is null then
         v_debt := 0;
         v_exp := '{}';
         v_qty := '{}';
+    else
+        v_debt := v_prev.debts[cardinality(v_prev.debts)];
+        v_exp := v_prev.lot_expiries;
+        v_qty := v_prev.lot_quantities;
     end if;
     v_total := coalesce((select sum(q) from unnest(v_qty) q), 0);
 
+    -- every point is appended to the chunk being built (a final instant of 'infinity' only
+    -- flushes the lots that expire before p_before)
     for v_instant in
         select e.at,
                coalesce(sum(-e.delta) filter (where e.delta < 0), 0) as removed,
                array_agg(e.delta order by e.expires_at) filter (where e.delta > 0 and e.expires_at > e.at) as grant_qty,
                array_agg(e.expires_at order by e.expires_at) filter (where e.delta > 0 and e.expires_at > e.at) as grant_exp
-        from billing._item_events(p_tenancy_id, p_customer_type, p_customer_id, p_item_id, p_from, p_before) e
+        from billing._item_events(p_tenancy_id, p_customer_type, p_customer_id, p_item_id, v_from, p_before) e
         group by e.at
-        order by e.at
+        union all
+        select 'infinity'::timestamptz, 0::numeric, null::bigint[], null::timestamptz[]
+        order by 1
     loop
-        -- 0. lots that expire before this instant, each its own point
-        while cardinality(v_exp) > 0 and v_exp[1] < v_instant.at loop
-            at := v_exp[1];
+        -- 0. lots that expire before this instant (and before p_before), each its own point
+        while cardinality(v_exp) > 0 and v_exp[1] < v_instant.at and v_exp[1] < p_before loop
             v_total := v_total - v_qty[1];
+            v_n := v_n + 1;
+            if v_n = 1 then first_at := v_exp[1]; ats := '{}'; balances := '{}'; debts := '{}'; end if;
+            ats[v_n] := v_exp[1]; balances[v_n] := v_total - v_debt; debts[v_n] := v_debt;
             v_exp := v_exp[2:];
             v_qty := v_qty[2:];
-            balance := v_total - v_debt; debt := v_debt; lot_expiries := v_exp; lot_quantities := v_qty;
-            return next;
+            if v_n = p_chunk then
+                last_at := ats[v_n]; lot_expiries := v_exp; lot_quantities := v_qty;
+                return next;
+                v_n := 0;
+            end if;
         end loop;
+        exit when v_instant.at = 'infinity';
         -- 1. grants
         for v_i in 1 .. coalesce(cardinality(v_instant.grant_qty), 0) loop
             v_left := v_instant.grant_qty[v_i];
@@ -108,21 +150,21 @@ begin
             v_exp := v_exp[v_i:];
             v_qty := v_qty[v_i:];
         end if;
-        at := v_instant.at; balance := v_total - v_debt; debt := v_debt; lot_expiries := v_exp; lot_quantities := v_qty;
-        return next;
+        v_n := v_n + 1;
+        if v_n = 1 then first_at := v_instant.at; ats := '{}'; balances := '{}'; debts := '{}'; end if;
+        ats[v_n] := v_instant.at; balances[v_n] := v_total - v_debt; debts[v_n] := v_debt;
+        if v_n = p_chunk then
+            last_at := ats[v_n]; lot_expiries := v_exp; lot_quantities := v_qty;
+            return next;
+            v_n := 0;
+        end if;
     end loop;
-
-    -- expiries after the last change
-    while cardinality(v_exp) > 0 and v_exp[1] < p_before loop
-        at := v_exp[1];
-        v_total := v_total - v_qty[1];
-        v_exp := v_exp[2:];
-        v_qty := v_qty[2:];
-        balance := v_total - v_debt; debt := v_debt; lot_expiries := v_exp; lot_quantities := v_qty;
+    if v_n > 0 then
+        last_at := ats[v_n]; lot_expiries := v_exp; lot_quantities := v_qty;
         return next;
-    end loop;
+    end if;
 end;
 $$;
 
-comment on function billing._item_points(uuid, text, text, text, timestamptz, timestamptz) is
-    'The FEFO fold of one item history over [p_from, p_before) (state before it from billing.item_balances): one row per instant with the balance, debt and lots after it.';
+comment on function billing._item_points(uuid, text, text, text, timestamptz, timestamptz, integer) is
+    'The FEFO fold of one item history from p_from (resuming from the stored chunks before it) to p_before, as chunks of at most p_chunk points with the lots after each chunk.';

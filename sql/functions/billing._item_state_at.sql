@@ -1,10 +1,10 @@
 -- billing._item_state_at(p_tenancy_id, p_customer_type, p_customer_id, p_item_id, p_at): the
 -- balance and debt of one item history after everything at p_at.
 --
--- Before the history's points_before it is one index lookup (the last stored point at or
--- before p_at); later (past the horizon of an open repeating purchase, a history a bulk
--- write left to refold, or one never folded) the fold runs from the last valid point to
--- p_at without storing anything.
+-- Before the history's points_before it is one index lookup (the last stored chunk starting
+-- at or before p_at) and a binary search of its points; later (past the horizon of an open
+-- repeating purchase, a history a bulk write left to refold, or one never folded) the fold
+-- runs from the last valid chunk to p_at without storing anything.
 -- Returns: one row; (0, 0) for a customer without history of the item.
 -- Errors: 22023 an infinite p_at.
 create or replace function billing._item_state_at(p_tenancy_id uuid, p_customer_type text, p_customer_id text,
@@ -16,6 +16,12 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_before timestamptz;
+    v_ats timestamptz[];
+    v_balances bigint[];
+    v_debts bigint[];
+    v_low integer;
+    v_high integer;
+    v_mid integer;
 begin
     if not isfinite(p_at) then
         raise exception 'time of the balance must be finite, got %', p_at using errcode = '22023';
@@ -25,27 +31,38 @@ begin
       and h.item_id = p_item_id;
     v_before := coalesce(v_before, '-infinity');
     if p_at >= v_before then
-        select p.balance, p.debt into balance, debt
+        select p.ats, p.balances, p.debts into v_ats, v_balances, v_debts
         from billing._item_points(p_tenancy_id, p_customer_type, p_customer_id, p_item_id, v_before,
                                   p_at + interval '1 microsecond') p
-        order by p.at desc
+        order by p.first_at desc
         limit 1;
-        if found then
-            return next;
-            return;
-        end if;
     end if;
-    select b.balance, b.debt into balance, debt
-    from billing.item_balances b
-    where b.tenancy_id = p_tenancy_id and b.customer_type = p_customer_type and b.customer_id = p_customer_id
-      and b.item_id = p_item_id and b.at <= p_at and b.at < v_before
-    order by b.at desc
-    limit 1;
-    balance := coalesce(balance, 0);
-    debt := coalesce(debt, 0);
+    if v_ats is null then
+        select c.ats, c.balances, c.debts into v_ats, v_balances, v_debts
+        from billing.item_balance_chunks c
+        where c.tenancy_id = p_tenancy_id and c.customer_type = p_customer_type and c.customer_id = p_customer_id
+          and c.item_id = p_item_id and c.first_at <= p_at and c.first_at < v_before
+        order by c.first_at desc
+        limit 1;
+    end if;
+    if v_ats is null then
+        balance := 0;
+        debt := 0;
+        return next;
+        return;
+    end if;
+    -- the last point at or before p_at (the chunk starts at or before it)
+    v_low := 1;
+    v_high := cardinality(v_ats);
+    while v_low < v_high loop
+        v_mid := (v_low + v_high + 1) / 2;
+        if v_ats[v_mid] <= p_at then v_low := v_mid; else v_high := v_mid - 1; end if;
+    end loop;
+    balance := v_balances[v_low];
+    debt := v_debts[v_low];
     return next;
 end;
 $$;
 
 comment on function billing._item_state_at(uuid, text, text, text, timestamptz) is
-    'Balance and debt of one item history after everything at p_at: an index lookup where points are stored, the fold on the fly beyond.';
+    'Balance and debt of one item history after everything at p_at: an index lookup and a binary search where points are stored, the fold on the fly beyond.';
