@@ -4,6 +4,7 @@
 -- user exists, under its anonymous flag); a row that drops to 0 events is deleted and
 -- subtracts 1. Upserts take the rows in key order; the xmax = 0 test tells a row this
 -- statement created from one it updated, also when another transaction created it first.
+-- Removals update rows that exist (their events were counted when inserted).
 -- Rows of tenancies that no longer exist are skipped (their rollups go by cascade).
 -- STRICT: a statement without activity events passes null arrays and does nothing.
 create or replace function app._apply_activity(p_tenancy_ids uuid[], p_user_ids uuid[], p_days date[],
@@ -22,11 +23,23 @@ begin
         group by 1, 2, 3
         having sum(x.delta) <> 0
     ),
-    changed as (
+    added as (
         insert into app.metrics_active_days as a (tenancy_id, user_id, day, events)
-        select d.tenancy_id, d.user_id, d.day, d.delta from d order by 1, 2, 3
+        select d.tenancy_id, d.user_id, d.day, d.delta from d where d.delta > 0 order by 1, 2, 3
         on conflict (tenancy_id, user_id, day) do update set events = a.events + excluded.events
         returning a.tenancy_id, a.user_id, a.day, a.events, (a.xmax = 0) as created
+    ),
+    -- a removal is an UPDATE: the CHECK of an INSERT sees the proposed negative row first
+    removed as (
+        update app.metrics_active_days a set events = a.events + d.delta
+        from d
+        where d.delta < 0 and a.tenancy_id = d.tenancy_id and a.user_id = d.user_id and a.day = d.day
+        returning a.tenancy_id, a.user_id, a.day, a.events, false as created
+    ),
+    changed as (
+        select * from added
+        union all
+        select * from removed
     )
     insert into app.metrics_counters as c (tenancy_id, metric, bucket, is_anonymous, n)
     select ch.tenancy_id, 'active', to_char(ch.day, 'YYYY-MM-DD'), s.is_anonymous,

@@ -12,8 +12,8 @@
 -- common); when that does not fill the page, from the set of matching users (the pg_trgm GIN
 -- indexes where the extension is installed, a scan of users and channels where it is not;
 -- or the team's members), sorted by the key.
--- Errors (22023): p_limit outside 1..200 ("p_limit 500 is above the maximum page size
--- 200"); a malformed cursor ("malformed cursor 'x'").
+-- Errors (22023): p_limit above 200 ("p_limit 500 exceeds the maximum page size 200") or
+-- below 1; a malformed cursor ("malformed cursor 'x'").
 create or replace function app.list_users(p_tenancy_id uuid, p_limit integer default 50, p_cursor text default null,
                                           p_query text default null, p_team_id uuid default null,
                                           p_include_anonymous boolean default false, p_desc boolean default false)
@@ -39,8 +39,11 @@ declare
     v_keys text[];
     v_more boolean;
 begin
-    if p_limit is null or p_limit < 1 or p_limit > c_max_limit then
-        raise exception 'p_limit % is above the maximum page size %', coalesce(p_limit::text, 'null'), c_max_limit
+    if p_limit is null or p_limit > c_max_limit then
+        raise exception 'p_limit % exceeds the maximum page size %', coalesce(p_limit::text, 'null'), c_max_limit
+            using errcode = '22023', hint = format('pass a p_limit between 1 and %s', c_max_limit);
+    elsif p_limit < 1 then
+        raise exception 'p_limit % is below the minimum page size 1', p_limit
             using errcode = '22023', hint = format('pass a p_limit between 1 and %s', c_max_limit);
     end if;
     if p_cursor is not null then

@@ -276,6 +276,7 @@ comment on function app._refresh_user_metrics(uuid[], uuid[], boolean, boolean) 
 -- user exists, under its anonymous flag); a row that drops to 0 events is deleted and
 -- subtracts 1. Upserts take the rows in key order; the xmax = 0 test tells a row this
 -- statement created from one it updated, also when another transaction created it first.
+-- Removals update rows that exist (their events were counted when inserted).
 -- Rows of tenancies that no longer exist are skipped (their rollups go by cascade).
 -- STRICT: a statement without activity events passes null arrays and does nothing.
 create or replace function app._apply_activity(p_tenancy_ids uuid[], p_user_ids uuid[], p_days date[],
@@ -294,11 +295,23 @@ begin
         group by 1, 2, 3
         having sum(x.delta) <> 0
     ),
-    changed as (
+    added as (
         insert into app.metrics_active_days as a (tenancy_id, user_id, day, events)
-        select d.tenancy_id, d.user_id, d.day, d.delta from d order by 1, 2, 3
+        select d.tenancy_id, d.user_id, d.day, d.delta from d where d.delta > 0 order by 1, 2, 3
         on conflict (tenancy_id, user_id, day) do update set events = a.events + excluded.events
         returning a.tenancy_id, a.user_id, a.day, a.events, (a.xmax = 0) as created
+    ),
+    -- a removal is an UPDATE: the CHECK of an INSERT sees the proposed negative row first
+    removed as (
+        update app.metrics_active_days a set events = a.events + d.delta
+        from d
+        where d.delta < 0 and a.tenancy_id = d.tenancy_id and a.user_id = d.user_id and a.day = d.day
+        returning a.tenancy_id, a.user_id, a.day, a.events, false as created
+    ),
+    changed as (
+        select * from added
+        union all
+        select * from removed
     )
     insert into app.metrics_counters as c (tenancy_id, metric, bucket, is_anonymous, n)
     select ch.tenancy_id, 'active', to_char(ch.day, 'YYYY-MM-DD'), s.is_anonymous,
@@ -841,8 +854,8 @@ comment on function app.metrics_cached(uuid, boolean, timestamptz, interval) is
 -- common); when that does not fill the page, from the set of matching users (the pg_trgm GIN
 -- indexes where the extension is installed, a scan of users and channels where it is not;
 -- or the team's members), sorted by the key.
--- Errors (22023): p_limit outside 1..200 ("p_limit 500 is above the maximum page size
--- 200"); a malformed cursor ("malformed cursor 'x'").
+-- Errors (22023): p_limit above 200 ("p_limit 500 exceeds the maximum page size 200") or
+-- below 1; a malformed cursor ("malformed cursor 'x'").
 create or replace function app.list_users(p_tenancy_id uuid, p_limit integer default 50, p_cursor text default null,
                                           p_query text default null, p_team_id uuid default null,
                                           p_include_anonymous boolean default false, p_desc boolean default false)
@@ -868,8 +881,11 @@ declare
     v_keys text[];
     v_more boolean;
 begin
-    if p_limit is null or p_limit < 1 or p_limit > c_max_limit then
-        raise exception 'p_limit % is above the maximum page size %', coalesce(p_limit::text, 'null'), c_max_limit
+    if p_limit is null or p_limit > c_max_limit then
+        raise exception 'p_limit % exceeds the maximum page size %', coalesce(p_limit::text, 'null'), c_max_limit
+            using errcode = '22023', hint = format('pass a p_limit between 1 and %s', c_max_limit);
+    elsif p_limit < 1 then
+        raise exception 'p_limit % is below the minimum page size 1', p_limit
             using errcode = '22023', hint = format('pass a p_limit between 1 and %s', c_max_limit);
     end if;
     if p_cursor is not null then
