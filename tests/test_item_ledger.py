@@ -299,9 +299,9 @@ def test_random_histories_match_the_model(ledger_db, history):
     started = time.perf_counter()
     customer = f"c{next(_customers)}"
     with conn.transaction(force_rollback=True):
-        # chunks of 2 or 3 points cross chunk boundaries often; 128 is the default
+        # chunks of 2 or 3 points cross chunk boundaries often; 64 is the default
         conn.execute("select set_config('billing.ledger_chunk_points', %s, true)",
-                     (str((2, 3, 128)[_examples["n"] % 3]),))
+                     (str((2, 3, 64)[_examples["n"] % 3]),))
         final, probes = apply_history(conn, t, customer, history)
         assert dict(zip(probes, quantities(conn, t, customer, probes))) == {p: model.balance(final, p) for p in probes}
         pts = points(conn, t, customer)

@@ -245,3 +245,39 @@ def without_positions(snapshot: dict) -> dict:
 def test_rollback_to_an_unknown_migration_is_refused(make_database):
     with pytest.raises(PyglueError, match="unknown migration '0099_nope'"):
         migrate.rollback(make_database(), "0099_nope")
+
+
+def test_item_ledger_points_move_into_chunks_and_back(make_database, tmp_path):
+    """0016 rebuilds the stored points of existing histories as chunks; its rollback rebuilds
+    them as rows per instant. The balances read the same, and verify_ledger() is empty, at
+    each step."""
+    target = make_database()
+    older = tmp_path / "older"
+    older.mkdir()
+    for stem in ALL[:ALL.index("0016_item_ledger_chunks")]:
+        for path in paths.MIGRATIONS.glob(f"{stem}*.sql"):
+            shutil.copy(path, older / path.name)
+    migrate.migrate(target, older)
+    changes = [(10, "2030-01-01", "2030-03-01"), (-4, "2030-01-02", None), (7, "2030-01-03", None)]
+    probes = ["2030-01-01", "2030-01-02", "2030-02-01", "2030-03-01"]
+    expected = [10, 6, 13, 7]
+
+    def balances(c) -> list[int]:
+        assert c.execute("select count(*) from billing.verify_ledger()").fetchone() == (0,)
+        return [c.execute("select billing.item_quantity(t.id, 'custom', 'c', 'credits', %s::timestamptz)"
+                          " from app.tenancies t", (p,)).fetchone()[0] for p in probes]
+
+    with psycopg.connect(target, autocommit=True) as c:
+        c.execute("insert into app.projects (id, display_name) values ('p', 'P')")
+        c.execute("insert into app.tenancies (project_id) values ('p')")
+        for delta, at, expires in changes:
+            c.execute("select billing.change_item_quantity(t.id, 'custom', 'c', 'credits', %s, %s, false, %s)"
+                      " from app.tenancies t", (delta, expires, at))
+        assert balances(c) == expected
+        migrate.migrate(target)
+        assert c.execute("select count(*), sum(cardinality(ats)) from billing.item_balance_chunks").fetchone() == (1, 4)
+        assert balances(c) == expected
+        migrate.rollback(target, "0015_billing_job_steps")
+        assert c.execute("select count(*) from billing.item_balances").fetchone() == (4,)
+        assert c.execute("select to_regclass('billing.item_balance_chunks')").fetchone() == (None,)
+        assert balances(c) == expected

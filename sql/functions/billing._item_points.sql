@@ -28,7 +28,7 @@
 -- = 1, after every point).
 create or replace function billing._item_points(p_tenancy_id uuid, p_customer_type text, p_customer_id text,
                                                 p_item_id text, p_from timestamptz, p_before timestamptz,
-                                                p_chunk integer default 128)
+                                                p_chunk integer default 64)
 returns table (first_at timestamptz, last_at timestamptz, ats timestamptz[], balances bigint[], debts bigint[],
                lot_expiries timestamptz[], lot_quantities bigint[])
 language plpgsql

@@ -6,7 +6,8 @@
 -- chunks of billing._item_points up to the history's horizon (billing._item_horizon),
 -- which becomes its points_before. So a change in the middle of a history costs what
 -- follows it (rewritten as a few chunks of points), not the whole history; '-infinity'
--- rebuilds it all. Chunks hold up to 128 points, or the setting billing.ledger_chunk_points
+-- rebuilds it all. Chunks hold up to 64 points (a chunk row stays under the 2 kB at which
+-- Postgres moves values out of line), or the setting billing.ledger_chunk_points
 -- (tests set it low to cross chunk boundaries often).
 -- Returns: points written.
 -- Locks: the history's row in billing.item_histories (created on first use): every writer
@@ -24,7 +25,7 @@ declare
     v_horizon timestamptz;
     v_written timestamptz[];
     v_points bigint;
-    v_chunk integer := coalesce(nullif(current_setting('billing.ledger_chunk_points', true), '')::integer, 128);
+    v_chunk integer := coalesce(nullif(current_setting('billing.ledger_chunk_points', true), '')::integer, 64);
 begin
     v_from := least(p_from, billing._lock_item_history(p_tenancy_id, p_customer_type, p_customer_id, p_item_id));
     v_horizon := billing._item_horizon(p_tenancy_id, p_customer_type, p_customer_id, p_item_id);

@@ -1,9 +1,10 @@
--- item ledger speed (issue 10): derived points are stored as chunks of up to 128 points
+-- item ledger speed (issue 10): derived points are stored as chunks of up to 64 points
 -- (billing.item_balance_chunks: their instants, balances and debts as arrays, and the lots
 -- after the last of them) instead of one row per point (billing.item_balances). An insert
 -- in the middle of a 10,000-point history rewrote 5,000 rows (two thirds of its 43 ms); it
--- now rewrites about 40 chunks. The fold continues a last chunk that has room, so appends
--- keep chunks full; reads find the chunk by index and the point by binary search. The
+-- now rewrites about 80 chunks (64 points keep a chunk row under the 2 kB at which values
+-- move out of line). The fold continues a last chunk that has room, so appends keep chunks
+-- full; reads find the chunk by index and the point by binary search. The
 -- stored points are rebuilt from the inputs here (billing.rebuild_ledger), then the old
 -- table goes.
 -- depends: 0015_billing_job_steps
@@ -62,7 +63,7 @@ drop function if exists billing._item_points(uuid, text, text, text, timestamptz
 -- = 1, after every point).
 create or replace function billing._item_points(p_tenancy_id uuid, p_customer_type text, p_customer_id text,
                                                 p_item_id text, p_from timestamptz, p_before timestamptz,
-                                                p_chunk integer default 128)
+                                                p_chunk integer default 64)
 returns table (first_at timestamptz, last_at timestamptz, ats timestamptz[], balances bigint[], debts bigint[],
                lot_expiries timestamptz[], lot_quantities bigint[])
 language plpgsql
@@ -212,7 +213,8 @@ comment on function billing._item_points(uuid, text, text, text, timestamptz, ti
 -- chunks of billing._item_points up to the history's horizon (billing._item_horizon),
 -- which becomes its points_before. So a change in the middle of a history costs what
 -- follows it (rewritten as a few chunks of points), not the whole history; '-infinity'
--- rebuilds it all. Chunks hold up to 128 points, or the setting billing.ledger_chunk_points
+-- rebuilds it all. Chunks hold up to 64 points (a chunk row stays under the 2 kB at which
+-- Postgres moves values out of line), or the setting billing.ledger_chunk_points
 -- (tests set it low to cross chunk boundaries often).
 -- Returns: points written.
 -- Locks: the history's row in billing.item_histories (created on first use): every writer
@@ -230,7 +232,7 @@ declare
     v_horizon timestamptz;
     v_written timestamptz[];
     v_points bigint;
-    v_chunk integer := coalesce(nullif(current_setting('billing.ledger_chunk_points', true), '')::integer, 128);
+    v_chunk integer := coalesce(nullif(current_setting('billing.ledger_chunk_points', true), '')::integer, 64);
 begin
     v_from := least(p_from, billing._lock_item_history(p_tenancy_id, p_customer_type, p_customer_id, p_item_id));
     v_horizon := billing._item_horizon(p_tenancy_id, p_customer_type, p_customer_id, p_item_id);
