@@ -17,8 +17,8 @@
 -- Only existing users count (events outlive users; a deleted user's events count no more).
 -- Reads the rollups that triggers keep current (app.metrics_counters, app.metrics_user_state),
 -- so its cost does not grow with events. mau: when the tenancy has no activity after p_now
--- (the usual case), whole days come from counters of users' last active day and the two
--- partial days from the state index; otherwise from app.events (exact, slower).
+-- (the usual case), whole days come from counters of users' last active day and the
+-- window's partial first day from the state index; otherwise from app.events (exact, slower).
 -- Errors: none of its own; an unknown tenancy gives all zeros.
 create or replace function app.metrics(p_tenancy_id uuid, p_include_anonymous boolean default false,
                                        p_now timestamptz default now())
@@ -44,15 +44,17 @@ begin
 
     if not exists (select 1 from app.events e
                    where e.tenancy_id = p_tenancy_id and e.event_type = '$user-activity' and e.occurred_at > p_now) then
+        -- no activity after p_now, so every last activity is at or before it: whole days
+        -- after the window's first day (today included) from the counters, the first day's
+        -- part after p_now - 30 days from the state index (few users: inactive since)
         select coalesce((select sum(c.n) from app.metrics_counters c
                          where c.tenancy_id = p_tenancy_id and c.metric = 'last_active' and not c.is_anonymous
                            and c.bucket > to_char(v_since_day, 'YYYY-MM-DD')
-                           and c.bucket < to_char(v_today, 'YYYY-MM-DD')), 0)
+                           and c.bucket <= to_char(v_today, 'YYYY-MM-DD')), 0)
              + (select count(*) from app.metrics_user_state s
                 where s.tenancy_id = p_tenancy_id and not s.is_anonymous
-                  and ((s.last_active_at > v_since
-                        and s.last_active_at < (v_since_day + 1)::timestamp at time zone 'UTC')
-                       or (s.last_active_at >= v_today::timestamp at time zone 'UTC' and s.last_active_at <= p_now)))
+                  and s.last_active_at > v_since
+                  and s.last_active_at < (v_since_day + 1)::timestamp at time zone 'UTC')
           into v_mau;
     else
         select count(distinct e.user_id) into v_mau

@@ -1,0 +1,1 @@
+select app.metrics_cached(%(tenancy_id)s, %(anon)s, %(now)s) as m

@@ -1,0 +1,1 @@
+select app._rebuild_metrics(%(tenancy_id)s) as users
