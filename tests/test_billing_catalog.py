@@ -350,7 +350,7 @@ values (%(t)s, %(type)s, 'c1', 'pro', %(v)s, %(line)s, false, %(stackable)s, %(s
     ({"line": "other"}, "23503", "subscriptions_version_fkey"),
     ({"line": None}, "23503", "subscriptions_version_fkey"),
     ({"type": "user"}, "23503", "subscriptions_version_fkey"),
-    ({"quantity": 0}, "23514", "subscriptions_quantity_check"),
+    ({"quantity": -1}, "23514", "subscriptions_quantity_check"),
     ({"status": "expired"}, "23514", "subscriptions_status_check"),
     ({"status": "canceled"}, "23514", "subscriptions_ended_status_check"),
     ({"ended": dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)}, "23514", "subscriptions_ended_status_check"),

@@ -15,6 +15,10 @@
 --     quantities (times purchase quantity): a grant with the expiry the item's rule gives
 --     at that instant, or a removal; none for a when-repeated item at one of its repeat
 --     instants (its lot expires there and the repeat grants the new quantity).
+-- A refund (billing.refunds) splits the purchase too: before it (its time, or when it was
+-- recorded if that is later: a refund dated back does not undo repeats already granted),
+-- grants use the quantity the purchase had before the refund; from it on, the lowered one. It makes no adjustment:
+-- what was granted stays granted (no clawback); only later repeats grant less.
 -- An open purchase that repeats has grants without end: p_before must then be finite.
 -- Returns: (at, delta, expires_at ('infinity' = never), source_kind, source_id).
 create or replace function billing._item_events(p_tenancy_id uuid, p_customer_type text, p_customer_id text,
@@ -53,21 +57,45 @@ begin
                o.product_version_id
         from billing.one_time_purchases o
         where o.tenancy_id = p_tenancy_id and o.customer_type = p_customer_type and o.customer_id = p_customer_id
+    ), refunded as (
+        select pu.*, greatest(f.refunded_at, f.created_at) as refunded_at, f.quantity_before
+        from purchases pu
+        left join billing.refunds f
+          on f.tenancy_id = p_tenancy_id and f.purchase_kind = pu.kind and f.purchase_id = pu.id
     ), versions_over_time as (
-        -- the version at the start (the first move's from-version), then each move's
-        select pu.kind, pu.id, pu.start_at, pu.end_at, pu.quantity, pu.start_at as seg_start, 0::bigint as ord,
+        -- the version at the start (the first move's from-version), then each move's, and at
+        -- a refund the version of that instant (a segment of its own: its quantity differs)
+        select pu.kind, pu.id, pu.start_at, pu.end_at, pu.start_at as seg_start, 0::bigint as ord,
+               false as is_refund,
+               case when pu.start_at < pu.refunded_at then pu.quantity_before else pu.quantity end as seg_quantity,
                coalesce((select m.from_version_id from billing.subscription_moves m
                          where pu.kind = 'subscription' and m.tenancy_id = p_tenancy_id and m.subscription_id = pu.id
                          order by m.moved_at, m.id limit 1), pu.product_version_id) as version_id
-        from purchases pu
+        from refunded pu
         union all
-        select pu.kind, pu.id, pu.start_at, pu.end_at, pu.quantity, greatest(m.moved_at, pu.start_at), m.id,
+        select pu.kind, pu.id, pu.start_at, pu.end_at, greatest(m.moved_at, pu.start_at), m.id, false,
+               case when greatest(m.moved_at, pu.start_at) < pu.refunded_at then pu.quantity_before
+                    else pu.quantity end,
                m.to_version_id
-        from purchases pu
+        from refunded pu
         join billing.subscription_moves m on m.tenancy_id = p_tenancy_id and m.subscription_id = pu.id
         where pu.kind = 'subscription'
+        union all
+        select pu.kind, pu.id, pu.start_at, pu.end_at, greatest(pu.refunded_at, pu.start_at), 9223372036854775807,
+               true, pu.quantity,
+               coalesce((select m.to_version_id from billing.subscription_moves m
+                         where pu.kind = 'subscription' and m.tenancy_id = p_tenancy_id and m.subscription_id = pu.id
+                           and greatest(m.moved_at, pu.start_at) <= greatest(pu.refunded_at, pu.start_at)
+                         order by m.moved_at desc, m.id desc limit 1),
+                        (select m.from_version_id from billing.subscription_moves m
+                         where pu.kind = 'subscription' and m.tenancy_id = p_tenancy_id and m.subscription_id = pu.id
+                         order by m.moved_at, m.id limit 1),
+                        pu.product_version_id)
+        from refunded pu
+        where pu.refunded_at is not null
     ), segments as (
-        select vt.kind, vt.id, vt.start_at, vt.end_at, vt.quantity, vt.seg_start, vt.ord,
+        select vt.kind, vt.id, vt.start_at, vt.end_at, vt.seg_start, vt.ord, vt.is_refund,
+               vt.seg_quantity as quantity, lag(vt.seg_quantity) over w as prev_quantity,
                lead(vt.seg_start, 1, 'infinity') over w as seg_end,
                v.content -> 'included_items' -> p_item_id as item,
                lag(v.content -> 'included_items' -> p_item_id) over w as prev_item
@@ -77,7 +105,7 @@ begin
     ), rules as (
         select sg.*, least(sg.seg_end, sg.end_at) as stop_at,
                coalesce((sg.item ->> 'quantity')::bigint, 0) * sg.quantity as qty,
-               coalesce((sg.prev_item ->> 'quantity')::bigint, 0) * sg.quantity as prev_qty,
+               coalesce((sg.prev_item ->> 'quantity')::bigint, 0) * sg.prev_quantity as prev_qty,
                billing._calendar_interval(coalesce(sg.item, sg.prev_item) -> 'repeat') as every,
                coalesce(coalesce(sg.item, sg.prev_item) ->> 'expires', 'never') as expires
         from segments sg
@@ -119,7 +147,7 @@ begin
             order by 1
             limit 1
         ) n on true
-        where r.ord > 0 and r.qty <> r.prev_qty and r.seg_start < r.stop_at
+        where r.ord > 0 and not r.is_refund and r.qty <> r.prev_qty and r.seg_start < r.stop_at
           and r.seg_start >= p_from and r.seg_start < p_before
           and not (r.expires = 'when-repeated' and n.next_at is not distinct from r.seg_start)
     )

@@ -1,0 +1,348 @@
+-- refunds and owned products (issue 11): billing.refunds records one refund per purchase
+-- (money, quantity before and refunded); billing.refund lowers the purchase's own quantity
+-- (so a later Stripe sync of that quantity changes nothing) without clawing back granted
+-- items: the ledger's inputs (billing._item_events) split a purchase at its refund, grants
+-- before it keep the old quantity. A purchase may now reach quantity 0 (refunded in full).
+-- billing.owned_products answers what a customer owns at any time.
+-- depends: 0016_item_ledger_chunks
+
+create table if not exists billing.refunds (
+    tenancy_id      uuid not null references app.tenancies (id) on delete cascade,
+    id              bigint generated always as identity,
+    purchase_kind   text not null,
+    purchase_id     uuid not null,
+    quantity        integer not null,
+    quantity_before integer not null,
+    amount          numeric not null,
+    currency        text not null,
+    refunded_at     timestamptz not null,
+    created_at      timestamptz not null default now(),
+    constraint refunds_pkey primary key (tenancy_id, id),
+    constraint refunds_one_per_purchase_key unique (tenancy_id, purchase_kind, purchase_id),
+    constraint refunds_purchase_kind_check check (purchase_kind in ('subscription', 'one_time_purchase')),
+    constraint refunds_quantity_check check (quantity >= 0 and quantity_before >= 0),
+    constraint refunds_amount_check check (amount >= 0),
+    constraint refunds_currency_check check (currency ~ '^[A-Z]{3}$')
+);
+comment on table billing.refunds is
+    'One refund per purchase: the money, the quantity refunded and the quantity before; written by billing.refund, never updated. No foreign key to the purchase (two kinds); a refund outlives nothing but its tenancy.';
+
+alter table billing.subscriptions drop constraint if exists subscriptions_quantity_check;
+alter table billing.subscriptions add constraint subscriptions_quantity_check check (quantity >= 0);
+alter table billing.one_time_purchases drop constraint if exists one_time_purchases_quantity_check;
+alter table billing.one_time_purchases add constraint one_time_purchases_quantity_check check (quantity >= 0);
+
+-- copied from sql/functions/billing._item_events.sql
+-- billing._item_events(p_tenancy_id, p_customer_type, p_customer_id, p_item_id, p_from,
+-- p_before): the inputs of one item history with times in [p_from, p_before): manual
+-- changes, and the grants and adjustments that the customer's purchases make of the item.
+--
+-- Purchases: subscriptions (from started_at to ended_at, or to current_period_end when
+-- set to cancel at period end, else open) and one-time purchases (from purchased_at to
+-- revoked_at, else open), each with its quantity. A subscription's version changes at each
+-- row of billing.subscription_moves: the versions over time are the segments of the
+-- purchase. For an included item of a segment's version, {quantity q, repeat r, expires e}:
+--   - grants of q x purchase quantity at start + k x r (k = 0, 1, ...; only k = 0 without
+--     r) that fall in the segment and strictly before the end;
+--   - each expires by e: never ('infinity'); when-purchase-expires at the end;
+--     when-repeated at the next repeat or the end, whichever is first;
+--   - at a segment's start after a version change, an adjustment by the difference of the
+--     quantities (times purchase quantity): a grant with the expiry the item's rule gives
+--     at that instant, or a removal; none for a when-repeated item at one of its repeat
+--     instants (its lot expires there and the repeat grants the new quantity).
+-- A refund (billing.refunds) splits the purchase too: before it (its time, or when it was
+-- recorded if that is later: a refund dated back does not undo repeats already granted),
+-- grants use the quantity the purchase had before the refund; from it on, the lowered one. It makes no adjustment:
+-- what was granted stays granted (no clawback); only later repeats grant less.
+-- An open purchase that repeats has grants without end: p_before must then be finite.
+-- Returns: (at, delta, expires_at ('infinity' = never), source_kind, source_id).
+create or replace function billing._item_events(p_tenancy_id uuid, p_customer_type text, p_customer_id text,
+                                                p_item_id text, p_from timestamptz, p_before timestamptz)
+returns table (at timestamptz, delta bigint, expires_at timestamptz, source_kind text, source_id text)
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    -- PL/pgSQL, not SQL: its plans are kept for the session (a SQL function's body is planned
+    -- at every call, and this one is called once per history and refold)
+    return query
+    select c.at, c.delta, coalesce(c.expires_at, 'infinity'), 'item_change'::text, c.id::text
+    from billing.item_quantity_changes c
+    where c.tenancy_id = p_tenancy_id and c.customer_type = p_customer_type and c.customer_id = p_customer_id
+      and c.item_id = p_item_id and c.at >= p_from and c.at < p_before;
+    if not exists (select 1 from billing.subscriptions s
+                   where s.tenancy_id = p_tenancy_id and s.customer_type = p_customer_type
+                     and s.customer_id = p_customer_id)
+       and not exists (select 1 from billing.one_time_purchases o
+                       where o.tenancy_id = p_tenancy_id and o.customer_type = p_customer_type
+                         and o.customer_id = p_customer_id) then
+        return;  -- manual changes only
+    end if;
+    return query
+    with purchases as (
+        select 'subscription'::text as kind, s.id, s.started_at as start_at,
+               coalesce(s.ended_at, case when s.cancel_at_period_end then s.current_period_end end,
+                        'infinity') as end_at,
+               s.quantity::bigint as quantity, s.product_version_id
+        from billing.subscriptions s
+        where s.tenancy_id = p_tenancy_id and s.customer_type = p_customer_type and s.customer_id = p_customer_id
+        union all
+        select 'one_time_purchase', o.id, o.purchased_at, coalesce(o.revoked_at, 'infinity'), o.quantity,
+               o.product_version_id
+        from billing.one_time_purchases o
+        where o.tenancy_id = p_tenancy_id and o.customer_type = p_customer_type and o.customer_id = p_customer_id
+    ), refunded as (
+        select pu.*, greatest(f.refunded_at, f.created_at) as refunded_at, f.quantity_before
+        from purchases pu
+        left join billing.refunds f
+          on f.tenancy_id = p_tenancy_id and f.purchase_kind = pu.kind and f.purchase_id = pu.id
+    ), versions_over_time as (
+        -- the version at the start (the first move's from-version), then each move's, and at
+        -- a refund the version of that instant (a segment of its own: its quantity differs)
+        select pu.kind, pu.id, pu.start_at, pu.end_at, pu.start_at as seg_start, 0::bigint as ord,
+               false as is_refund,
+               case when pu.start_at < pu.refunded_at then pu.quantity_before else pu.quantity end as seg_quantity,
+               coalesce((select m.from_version_id from billing.subscription_moves m
+                         where pu.kind = 'subscription' and m.tenancy_id = p_tenancy_id and m.subscription_id = pu.id
+                         order by m.moved_at, m.id limit 1), pu.product_version_id) as version_id
+        from refunded pu
+        union all
+        select pu.kind, pu.id, pu.start_at, pu.end_at, greatest(m.moved_at, pu.start_at), m.id, false,
+               case when greatest(m.moved_at, pu.start_at) < pu.refunded_at then pu.quantity_before
+                    else pu.quantity end,
+               m.to_version_id
+        from refunded pu
+        join billing.subscription_moves m on m.tenancy_id = p_tenancy_id and m.subscription_id = pu.id
+        where pu.kind = 'subscription'
+        union all
+        select pu.kind, pu.id, pu.start_at, pu.end_at, greatest(pu.refunded_at, pu.start_at), 9223372036854775807,
+               true, pu.quantity,
+               coalesce((select m.to_version_id from billing.subscription_moves m
+                         where pu.kind = 'subscription' and m.tenancy_id = p_tenancy_id and m.subscription_id = pu.id
+                           and greatest(m.moved_at, pu.start_at) <= greatest(pu.refunded_at, pu.start_at)
+                         order by m.moved_at desc, m.id desc limit 1),
+                        (select m.from_version_id from billing.subscription_moves m
+                         where pu.kind = 'subscription' and m.tenancy_id = p_tenancy_id and m.subscription_id = pu.id
+                         order by m.moved_at, m.id limit 1),
+                        pu.product_version_id)
+        from refunded pu
+        where pu.refunded_at is not null
+    ), segments as (
+        select vt.kind, vt.id, vt.start_at, vt.end_at, vt.seg_start, vt.ord, vt.is_refund,
+               vt.seg_quantity as quantity, lag(vt.seg_quantity) over w as prev_quantity,
+               lead(vt.seg_start, 1, 'infinity') over w as seg_end,
+               v.content -> 'included_items' -> p_item_id as item,
+               lag(v.content -> 'included_items' -> p_item_id) over w as prev_item
+        from versions_over_time vt
+        join billing.product_versions v on v.id = vt.version_id
+        window w as (partition by vt.kind, vt.id order by vt.seg_start, vt.ord)
+    ), rules as (
+        select sg.*, least(sg.seg_end, sg.end_at) as stop_at,
+               coalesce((sg.item ->> 'quantity')::bigint, 0) * sg.quantity as qty,
+               coalesce((sg.prev_item ->> 'quantity')::bigint, 0) * sg.prev_quantity as prev_qty,
+               billing._calendar_interval(coalesce(sg.item, sg.prev_item) -> 'repeat') as every,
+               coalesce(coalesce(sg.item, sg.prev_item) ->> 'expires', 'never') as expires
+        from segments sg
+        where sg.item is not null or sg.prev_item is not null
+    ), grants as (
+        select r.kind, r.id, g.at, r.qty as delta,
+               case r.expires
+                   when 'never' then 'infinity'::timestamptz
+                   when 'when-purchase-expires' then r.end_at
+                   else least(r.start_at + (g.k + 1) * r.every, r.end_at)
+               end as expires_at
+        from rules r
+        cross join lateral (
+            select k, r.start_at + k * coalesce(r.every, interval '0') as at
+            from generate_series(0, case when r.every is null then 0 else
+                     -- enough repeats to pass the stop (an interval is at least 28 days per month)
+                     floor(extract(epoch from least(r.stop_at, p_before) - r.start_at)
+                           / extract(epoch from justify_days(r.every)) * 31 / 28)::bigint + 1 end) as k
+        ) g
+        where r.qty > 0 and g.at >= r.seg_start and g.at < r.stop_at and g.at >= p_from and g.at < p_before
+    ), adjustments as (
+        select r.kind, r.id, r.seg_start as at, r.qty - r.prev_qty as delta,
+               case when r.qty < r.prev_qty then 'infinity'::timestamptz  -- a removal: no expiry
+                    when r.expires = 'never' then 'infinity'
+                    when r.expires = 'when-purchase-expires' then r.end_at
+                    else least(n.next_at, r.end_at)
+               end as expires_at
+        from rules r
+        left join lateral (
+            -- the first repeat at or after the segment's start (none without a repeat)
+            select r.start_at + (greatest(ceil(extract(epoch from r.seg_start - r.start_at)
+                                               / extract(epoch from justify_days(r.every)) * 28 / 31), 1)::bigint
+                                 + j) * r.every as next_at
+            from generate_series(0, 3) as j
+            where r.every is not null
+              and r.start_at + (greatest(ceil(extract(epoch from r.seg_start - r.start_at)
+                                              / extract(epoch from justify_days(r.every)) * 28 / 31), 1)::bigint
+                                + j) * r.every >= r.seg_start
+            order by 1
+            limit 1
+        ) n on true
+        where r.ord > 0 and not r.is_refund and r.qty <> r.prev_qty and r.seg_start < r.stop_at
+          and r.seg_start >= p_from and r.seg_start < p_before
+          and not (r.expires = 'when-repeated' and n.next_at is not distinct from r.seg_start)
+    )
+    select g.at, g.delta, g.expires_at, g.kind, g.id::text from grants g
+    union all
+    select a.at, a.delta, a.expires_at, a.kind, a.id::text from adjustments a;
+end;
+$$;
+
+comment on function billing._item_events(uuid, text, text, text, timestamptz, timestamptz) is
+    'Inputs of one item history in [p_from, p_before): manual changes and the grants and version-change adjustments of the customer''s purchases.';
+
+-- copied from sql/functions/billing.refund.sql
+-- billing.refund(p_tenancy_id, p_purchase_kind, p_purchase_id, p_quantity, p_amount,
+-- p_currency, p_at): refund a purchase (a subscription or a one-time purchase), once.
+--
+-- Records the money (p_amount in p_currency, at p_at) in billing.refunds and lowers the
+-- purchase's quantity by p_quantity, clamped at 0 (p_quantity 0 refunds money only). The
+-- quantity is lowered in the purchase row itself, so a later Stripe sync that reports the
+-- same lowered quantity changes nothing (the refund is never counted twice). Items the
+-- purchase already granted stay granted (the ledger splits the purchase at the refund:
+-- grants before it keep the old quantity, see billing._item_events); later repeats grant
+-- the lowered quantity. A subscription refunded to quantity 0 is set to end at its period
+-- end; a one-time purchase at 0 is no longer owned (billing.owned_products).
+-- Returns: the refund's id.
+-- Errors: 22004 null argument; 22023 unknown purchase kind, negative quantity or amount,
+-- a currency that is not three capital letters, or p_at before the purchase; P0002 no such
+-- purchase in the tenancy; 23505 the purchase was already refunded (nothing written).
+-- Locks: the purchase row (FOR UPDATE), so two refunds of one purchase queue and the
+-- second fails.
+create or replace function billing.refund(p_tenancy_id uuid, p_purchase_kind text, p_purchase_id uuid,
+                                          p_quantity integer, p_amount numeric, p_currency text default 'USD',
+                                          p_at timestamptz default now())
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_quantity integer;
+    v_started_at timestamptz;
+    v_previous timestamptz;
+    v_id bigint;
+begin
+    if p_tenancy_id is null or p_purchase_kind is null or p_purchase_id is null or p_quantity is null
+       or p_amount is null or p_currency is null or p_at is null then
+        raise exception 'tenancy, purchase kind, purchase, quantity, amount, currency and time must not be null'
+            using errcode = '22004';
+    end if;
+    if p_purchase_kind not in ('subscription', 'one_time_purchase') then
+        raise exception 'purchase kind must be subscription or one_time_purchase, got %', p_purchase_kind
+            using errcode = '22023';
+    end if;
+    if p_quantity < 0 then
+        raise exception 'refunded quantity must not be negative, got %', p_quantity using errcode = '22023';
+    end if;
+    if p_amount < 0 then
+        raise exception 'refunded amount must not be negative, got %', p_amount using errcode = '22023';
+    end if;
+    if p_currency !~ '^[A-Z]{3}$' then
+        raise exception 'currency must be an ISO 4217 code such as USD, got %', p_currency using errcode = '22023';
+    end if;
+    if p_purchase_kind = 'subscription' then
+        select s.quantity, s.started_at into v_quantity, v_started_at from billing.subscriptions s
+        where s.tenancy_id = p_tenancy_id and s.id = p_purchase_id
+        for update;
+    else
+        select o.quantity, o.purchased_at into v_quantity, v_started_at from billing.one_time_purchases o
+        where o.tenancy_id = p_tenancy_id and o.id = p_purchase_id
+        for update;
+    end if;
+    if not found then
+        raise exception 'no % % in tenancy %', replace(p_purchase_kind, '_', '-'), p_purchase_id, p_tenancy_id
+            using errcode = 'P0002';
+    end if;
+    select f.refunded_at into v_previous from billing.refunds f
+    where f.tenancy_id = p_tenancy_id and f.purchase_kind = p_purchase_kind and f.purchase_id = p_purchase_id;
+    if found then
+        raise exception '% % was already refunded (at %): one refund per purchase',
+            replace(p_purchase_kind, '_', '-'), p_purchase_id, v_previous using errcode = '23505';
+    end if;
+    if p_at < v_started_at then
+        raise exception 'refund time % is before the purchase (%)', p_at, v_started_at using errcode = '22023';
+    end if;
+    -- the refund row first: the purchase's UPDATE below refolds its item histories (the
+    -- ledger triggers), and the fold reads the refund to keep what was granted before it
+    insert into billing.refunds (tenancy_id, purchase_kind, purchase_id, quantity, quantity_before, amount,
+                                 currency, refunded_at)
+    values (p_tenancy_id, p_purchase_kind, p_purchase_id, p_quantity, v_quantity, p_amount, p_currency, p_at)
+    returning id into v_id;
+    if p_quantity > 0 and v_quantity > 0 then
+        if p_purchase_kind = 'subscription' then
+            update billing.subscriptions s
+            set quantity = greatest(v_quantity - p_quantity, 0),
+                cancel_at_period_end = s.cancel_at_period_end or v_quantity <= p_quantity
+            where s.tenancy_id = p_tenancy_id and s.id = p_purchase_id;
+        else
+            update billing.one_time_purchases o set quantity = greatest(v_quantity - p_quantity, 0)
+            where o.tenancy_id = p_tenancy_id and o.id = p_purchase_id;
+        end if;
+    end if;
+    return v_id;
+end;
+$$;
+
+comment on function billing.refund(uuid, text, uuid, integer, numeric, text, timestamptz) is
+    'Refund a subscription or one-time purchase once: record the money, lower its quantity (clamped at 0) without clawing back granted items; at 0 a subscription ends at its period end. Returns the refund id.';
+
+-- copied from sql/functions/billing.owned_products.sql
+-- billing.owned_products(p_tenancy_id, p_customer_type, p_customer_id, p_at): what a
+-- customer owns at p_at (now by default, or any time past or future).
+--
+-- A subscription counts from its start until it ends (ended_at, or its period end when set
+-- to cancel then), with the version it had at p_at (billing.subscription_moves); a one-time
+-- purchase from its purchase until revoked. The quantity is the purchase's at p_at: before
+-- a refund took effect (billing.refunds: its time, or when it was recorded if later) the
+-- quantity it had before the refund, after it the lowered one. Purchases at quantity 0 are
+-- not owned.
+-- Returns: (product_id, product_version_id, quantity, purchase_kind, purchase_id), ordered
+-- by product and purchase.
+-- Errors: 22004 null argument.
+create or replace function billing.owned_products(p_tenancy_id uuid, p_customer_type text, p_customer_id text,
+                                                  p_at timestamptz default now())
+returns table (product_id text, product_version_id text, quantity integer, purchase_kind text, purchase_id uuid)
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if p_tenancy_id is null or p_customer_type is null or p_customer_id is null or p_at is null then
+        raise exception 'tenancy, customer type, customer and time must not be null' using errcode = '22004';
+    end if;
+    return query
+    with purchases as (
+        select s.product_id, 'subscription'::text as kind, s.id, s.quantity,
+               coalesce((select m.to_version_id from billing.subscription_moves m
+                         where m.tenancy_id = s.tenancy_id and m.subscription_id = s.id and m.moved_at <= p_at
+                         order by m.moved_at desc, m.id desc limit 1),
+                        (select m.from_version_id from billing.subscription_moves m
+                         where m.tenancy_id = s.tenancy_id and m.subscription_id = s.id
+                         order by m.moved_at, m.id limit 1),
+                        s.product_version_id) as version_id
+        from billing.subscriptions s
+        where s.tenancy_id = p_tenancy_id and s.customer_type = p_customer_type and s.customer_id = p_customer_id
+          and s.started_at <= p_at
+          and p_at < coalesce(s.ended_at, case when s.cancel_at_period_end then s.current_period_end end, 'infinity')
+        union all
+        select o.product_id, 'one_time_purchase', o.id, o.quantity, o.product_version_id
+        from billing.one_time_purchases o
+        where o.tenancy_id = p_tenancy_id and o.customer_type = p_customer_type and o.customer_id = p_customer_id
+          and o.purchased_at <= p_at and p_at < coalesce(o.revoked_at, 'infinity')
+    )
+    select pu.product_id, pu.version_id,
+           case when greatest(f.refunded_at, f.created_at) > p_at then f.quantity_before else pu.quantity end,
+           pu.kind, pu.id
+    from purchases pu
+    left join billing.refunds f on f.tenancy_id = p_tenancy_id and f.purchase_kind = pu.kind and f.purchase_id = pu.id
+    where case when greatest(f.refunded_at, f.created_at) > p_at then f.quantity_before else pu.quantity end > 0
+    order by 1, 5;
+end;
+$$;
+
+comment on function billing.owned_products(uuid, text, text, timestamptz) is
+    'What a customer owns at p_at: product, version, quantity and source purchase of each live subscription and unrevoked one-time purchase.';
