@@ -1,6 +1,7 @@
 -- Rollback of 0018: refunds, billing.refund, billing.owned_products and billing.switch_plan
 -- go, the ledger's inputs get back their 0014 definition (copied below), and quantities
 -- must be positive again (this fails while a purchase is refunded to quantity 0).
+drop function if exists billing.transactions(uuid, text, text, timestamptz, timestamptz, integer, timestamptz, text);
 drop function if exists billing.switch_plan(uuid, uuid, text, timestamptz);
 drop function if exists billing.owned_products(uuid, text, text, timestamptz);
 drop function if exists billing.refund(uuid, text, uuid, integer, numeric, text, timestamptz);
