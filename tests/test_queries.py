@@ -16,7 +16,8 @@ SAMPLES = {"tenancy_id": uuid.uuid4(), "project": "demo", "users": 10, "busy_ret
            "ours": [1, 2], "customer_type": "team", "customer_id": "t", "item_id": "seats",
            "at": dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc), "keep_s": 86400.0, "base_delay_s": 5.0,
            "max_delay_s": 3600.0, "lease_s": 300.0, "limit": 10, "id": 1, "error": "e",
-           "metadata": Jsonb({}), "rows": Jsonb([]), "read_at": None}
+           "metadata": Jsonb({}), "rows": Jsonb([]), "read_at": None,
+           "from": None, "to": None, "before_at": None, "before_id": None}
 NAMES = sorted(p.stem for p in queries.FOLDER.glob("*.sql"))
 
 

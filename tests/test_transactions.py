@@ -111,3 +111,34 @@ def test_tenancy_wide_listing_and_bad_arguments(conn, year_of_history):
     refused(conn, "22023", "limit must be from 1 to 1000, got 1001", query, (t, None, None, 1001))
     refused(conn, "22023", "p_before_at and p_before_id go together",
             "select * from billing.transactions(%s, p_before_at => now())", (t,))
+
+
+def test_transactions_cli_prints_lines_json_and_csv(fresh_db, connect):
+    import csv
+    import io
+    import json
+
+    from click.testing import CliRunner
+
+    from pyglue.cli import cli
+
+    c = connect(fresh_db, autocommit=True)
+    t = f.tenancy(c)
+    product(c, t, "pack", {"credits": {"quantity": 25, "expires": "never"}}, interval=None)
+    purchase = grant(c, t, "c", "pack", dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
+    c.execute("select billing.refund(%s, 'one_time_purchase', %s, 1, 9.00, 'USD', '2030-01-02')", (t, purchase))
+    change(c, t, "c", "credits", -5, dt.datetime(2030, 1, 3, tzinfo=dt.timezone.utc))
+    args = ["--dsn", fresh_db, "billing", "transactions", "--tenant", str(t), "--customer", "custom:c",
+            "--to", "2031-01-01"]
+    lines = CliRunner().invoke(cli, args).output.splitlines()
+    assert lines[-1] == "4 entries"
+    assert [line.split()[3] for line in lines[:-1]] == ["item_change", "refund", "purchase", "item_grant"]
+    assert "9.00 USD" in lines[1]
+    as_json = json.loads(CliRunner().invoke(cli, [*args, "--json"]).output)
+    assert [(e["kind"], e["quantity"]) for e in as_json] == [("item_change", -5), ("refund", 1), ("purchase", 1),
+                                                            ("item_grant", 25)]
+    rows = list(csv.DictReader(io.StringIO(CliRunner().invoke(cli, [*args, "--csv"]).output)))
+    assert [r["kind"] for r in rows] == ["item_change", "refund", "purchase", "item_grant"]
+    assert rows[1]["amount"] == "9.00" and rows[1]["source_kind"] == "one_time_purchase"
+    bad = CliRunner().invoke(cli, [*args, "--json", "--csv"])
+    assert bad.exit_code == 2 and "--json and --csv exclude each other" in bad.output

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
+import sys
 
 import click
 
 from pyglue import db
-from pyglue.billing import jobs, ledger
+from pyglue.billing import jobs, ledger, transactions
 from pyglue.billing import stripe as stripe_billing
 from pyglue.progress import Progress
 
@@ -77,12 +79,46 @@ def _report(result: jobs.JobResult, as_json: bool, line: str, **facts) -> None:
         click.echo(f"{line} in {result.batches} batch(es), {result.seconds:.1f} s")
 
 
+_when = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+
+
+@billing.command("transactions")
+@click.option("--tenant", "tenant", type=click.UUID, required=True, help="Tenancy id (uuid).")
+@click.option("--customer", metavar="TYPE:ID", help="Only this customer: team:ID, user:ID or custom:ID.")
+@click.option("--from", "since", type=_when, help="Entries at or after this UTC time.")
+@click.option("--to", "until", type=_when, help="Entries before this UTC time (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row.")
+@click.pass_obj
+def transactions_cmd(obj, tenant, customer: str | None, since, until, as_json: bool, as_csv: bool) -> None:
+    """Purchases, renewals, plan switches, cancellations, refunds and item entries, newest first."""
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv exclude each other")
+    who = ledger.Customer.parse(customer) if customer else None
+    utc = [t.replace(tzinfo=dt.timezone.utc) if t else None for t in (since, until)]
+    with db.connect(obj.dsn, autocommit=True, application_name="pyglue billing transactions") as conn:
+        rows = list(transactions.entries(conn, tenant, who, *utc))
+    if as_json:
+        click.echo(json.dumps([{k: r[k] for k in transactions.COLUMNS} for r in rows], default=str))
+    elif as_csv:
+        out = csv.DictWriter(sys.stdout, fieldnames=transactions.COLUMNS, extrasaction="ignore")
+        out.writeheader()
+        out.writerows(rows)
+    else:
+        for r in rows:
+            what = r["item_id"] or r["product_id"] or ""
+            money = f"  {r['amount']} {r['currency']}" if r["amount"] is not None else ""
+            qty = f"{r['quantity']:+d}" if r["quantity"] is not None else ""
+            click.echo(f"{r['at']:%Y-%m-%d %H:%M:%S}  {r['customer_type']}:{r['customer_id']}  {r['kind']:<12}"
+                       f" {what:<16} {qty:>8}{money}")
+        click.echo(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
+
+
 @billing.command("balance")
 @click.option("--tenant", "tenant", type=click.UUID, required=True, help="Tenancy id (uuid).")
 @click.option("--customer", required=True, metavar="TYPE:ID", help="The customer: team:ID, user:ID or custom:ID.")
 @click.option("--item", "item_id", required=True, metavar="ITEM", help="Item id, as in the products' included_items.")
-@click.option("--at", "at", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
-              help="Balance at this UTC time (default: now).")
+@click.option("--at", "at", type=_when, help="Balance at this UTC time (default: now).")
 @click.option("--history", is_flag=True, help="Also show every instant up to then: changes, balance, debt, lots.")
 @_as_json
 @click.pass_obj
