@@ -204,3 +204,16 @@ def test_two_concurrent_refunds_of_one_purchase_exactly_one_succeeds(fresh_db, c
     assert setup.execute("select quantity from billing.subscriptions where id = %s", (sub,)).fetchone()["quantity"] == 2
     assert setup.execute("select count(*) as n from billing.refunds").fetchone()["n"] == 1
     verify_empty(setup)
+
+
+def test_a_test_mode_one_time_purchase_refunds_by_the_same_rule(conn):
+    """The documented rule (README, Billing): recorded as given, quantity lowered, items kept."""
+    t = f.tenancy(conn)
+    product(conn, t, "pack", {"credits": {"quantity": 25, "expires": "never"}}, interval=None)
+    purchase = conn.execute("select billing.grant_product(%s, 'custom', 'c', 'pack', 1, 'test_mode',"
+                            " now() - interval '1 hour') as id", (t,)).fetchone()["id"]
+    refund(conn, t, "one_time_purchase", purchase, 1, "0")
+    assert conn.execute("select quantity, amount from billing.refunds").fetchone() == {"quantity": 1, "amount": 0}
+    assert owned(conn, t, "c") == []
+    assert quantities(conn, t, "c", "credits", [now(conn)]) == [25]
+    verify_empty(conn)
