@@ -18,6 +18,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -25,6 +26,7 @@ import stripe
 from click.testing import CliRunner
 from psycopg.types.json import Jsonb
 
+from pyglue.billing import refunds
 from pyglue.billing import stripe as sb
 from pyglue.cli import cli
 from pyglue.errors import PyglueError
@@ -691,3 +693,75 @@ def test_a_sync_racing_regen_waits_and_keeps_the_new_version(db, connect):
     assert done["n"] == 1
     r = row(conn, stripe_id)
     assert (r["product_version_id"], r["quantity"]) == (v2, 4)
+
+
+# --- refunds -------------------------------------------------------------------------------
+
+TEAM_SEATS = PRO | {"stackable": True, "included_items": {"seats": {"quantity": 10, "expires": "when-purchase-expires"}}}
+
+
+def seats(conn, tenancy, team) -> int:
+    return conn.execute("select billing.item_quantity(%s, 'team', %s, 'seats') as q", (tenancy, team)).fetchone()["q"]
+
+
+def owned(conn, tenancy, team) -> list[tuple]:
+    return [(r["product_id"], r["quantity"]) for r in conn.execute(
+        "select * from billing.owned_products(%s, 'team', %s)", (tenancy, team))]
+
+
+def test_refund_of_a_stripe_subscription_lowers_stripe_too_and_the_next_sync_counts_it_once(db, env, sc, plan):
+    dsn, conn = db
+    tenancy, team = tenancy_with_team(conn)
+    upsert_product(conn, tenancy, "pro", TEAM_SEATS)
+    sub = subscribe(sc, customer(sc, tenancy, "team", team), plan, quantity=3)
+    sb.sync_tenancy(dsn, tenancy)
+    assert (owned(conn, tenancy, team), seats(conn, tenancy, team)) == ([("pro", 3)], 30)
+    purchase = row(conn, sub.id)["id"]
+
+    done = refunds.refund_purchase(conn, tenancy, "subscription", purchase, 1, Decimal("49.00"))
+    assert done.quantity_left == 2 and done.stripe_refund_id.startswith("re_")
+    assert sc.v1.subscriptions.retrieve(sub.id)["items"].data[0].quantity == 2
+    refunded = sc.v1.refunds.retrieve(done.stripe_refund_id)
+    assert (refunded.amount, refunded.status) == (4900, "succeeded")
+    assert (owned(conn, tenancy, team), seats(conn, tenancy, team)) == ([("pro", 2)], 30)  # no clawback
+
+    assert sb.sync_tenancy(dsn, tenancy).written == 0  # Stripe says 2, pyglue has 2: nothing twice
+    assert (owned(conn, tenancy, team), seats(conn, tenancy, team)) == ([("pro", 2)], 30)
+    assert conn.execute("select stripe_refund_id from billing.refunds").fetchone()["stripe_refund_id"] == refunded.id
+
+    with pytest.raises(PyglueError, match="was already refunded"):
+        refunds.refund_purchase(conn, tenancy, "subscription", purchase, 1, Decimal("1"))
+    assert sc.v1.subscriptions.retrieve(sub.id)["items"].data[0].quantity == 2
+
+
+def test_refund_while_stripe_is_down_writes_nothing_and_names_the_failure(db, env, sc, plan):
+    dsn, conn = db
+    tenancy, team = tenancy_with_team(conn)
+    upsert_product(conn, tenancy, "pro", TEAM_SEATS)
+    sub = subscribe(sc, customer(sc, tenancy, "team", team), plan, quantity=3)
+    sb.sync_tenancy(dsn, tenancy)
+    purchase = row(conn, sub.id)["id"]
+    env.stop()  # the next test's env fixture starts it again
+    with pytest.raises(PyglueError, match="Stripe refused the refund, nothing was written: Stripe APIConnectionError"
+                       ) as e:
+        refunds.refund_purchase(conn, tenancy, "subscription", purchase, 1, Decimal("49.00"))
+    assert API_KEY not in str(e.value)
+    assert conn.execute("select count(*) as n from billing.refunds").fetchone()["n"] == 0
+    assert (row(conn, sub.id)["quantity"], owned(conn, tenancy, team)) == (3, [("pro", 3)])
+
+
+def test_refund_cli_of_an_api_granted_plan_needs_no_stripe(db):
+    dsn, conn = db
+    tenancy, team = tenancy_with_team(conn)
+    upsert_product(conn, tenancy, "pro", TEAM_SEATS)
+    purchase = conn.execute("select billing.grant_product(%s, 'team', %s, 'pro', 2) as id",
+                            (tenancy, team)).fetchone()["id"]
+    args = ["--dsn", dsn, "billing", "refund", "--tenant", tenancy, "--purchase", f"subscription:{purchase}",
+            "--quantity", "1", "--amount", "5.00"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(f"subscription {purchase}: 5.00 USD, quantity now 1")
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 1 and "was already refunded" in str(again.exception)
+    bad = CliRunner().invoke(cli, [*args[:6], "--purchase", "gift:1", *args[8:]])
+    assert bad.exit_code == 2 and "must be subscription:UUID or one_time_purchase:UUID, got 'gift:1'" in bad.output

@@ -17,7 +17,9 @@ SAMPLES = {"tenancy_id": uuid.uuid4(), "project": "demo", "users": 10, "busy_ret
            "at": dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc), "keep_s": 86400.0, "base_delay_s": 5.0,
            "max_delay_s": 3600.0, "lease_s": 300.0, "limit": 10, "id": 1, "error": "e",
            "metadata": Jsonb({}), "rows": Jsonb([]), "read_at": None,
-           "from": None, "to": None, "before_at": None, "before_id": None}
+           "from": None, "to": None, "before_at": None, "before_id": None,
+           "purchase_kind": "subscription", "purchase_id": uuid.uuid4(), "quantity": 1, "amount": 1, "currency": "USD",
+           "refund_id": 1, "stripe_refund_id": "re_1"}
 NAMES = sorted(p.stem for p in queries.FOLDER.glob("*.sql"))
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import decimal
 import json
 import sys
+import uuid
 
 import click
 
 from pyglue import db
-from pyglue.billing import jobs, ledger, transactions
+from pyglue.billing import jobs, ledger, refunds, transactions
 from pyglue.billing import stripe as stripe_billing
 from pyglue.progress import Progress
 
@@ -112,6 +114,39 @@ def transactions_cmd(obj, tenant, customer: str | None, since, until, as_json: b
             click.echo(f"{r['at']:%Y-%m-%d %H:%M:%S}  {r['customer_type']}:{r['customer_id']}  {r['kind']:<12}"
                        f" {what:<16} {qty:>8}{money}")
         click.echo(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
+
+
+def _purchase(text: str) -> tuple[str, str]:
+    kind, _, ident = text.partition(":")
+    try:
+        if kind in ("subscription", "one_time_purchase"):
+            return kind, str(uuid.UUID(ident))
+    except ValueError:
+        pass
+    raise click.BadParameter(f"must be subscription:UUID or one_time_purchase:UUID, got {text!r}")
+
+
+@billing.command("refund")
+@click.option("--tenant", "tenant", type=click.UUID, required=True, help="Tenancy id (uuid).")
+@click.option("--purchase", required=True, metavar="KIND:ID", callback=lambda _c, _p, v: _purchase(v),
+              help="subscription:UUID or one_time_purchase:UUID.")
+@click.option("--quantity", type=click.IntRange(min=0), required=True, help="Units to take back (0: money only).")
+@click.option("--amount", type=decimal.Decimal, required=True, help="Money refunded, e.g. 19.99.")
+@click.option("--currency", default="USD", show_default=True, help="ISO 4217 code.")
+@_as_json
+@click.pass_obj
+def refund_cmd(obj, tenant, purchase, quantity: int, amount, currency: str, as_json: bool) -> None:
+    """Refund a purchase once: in pyglue, and in Stripe when it is Stripe-backed. Granted items stay."""
+    kind, purchase_id = purchase
+    with db.connect(obj.dsn, autocommit=True, application_name="pyglue billing refund") as conn:
+        done = refunds.refund_purchase(conn, tenant, kind, purchase_id, quantity, amount, currency)
+    if as_json:
+        click.echo(json.dumps({"refund_id": done.refund_id, "stripe_refund_id": done.stripe_refund_id,
+                               "quantity_left": done.quantity_left}))
+        return
+    stripe_part = f" (Stripe refund {done.stripe_refund_id})" if done.stripe_refund_id else ""
+    click.echo(f"refund {done.refund_id} of {kind} {purchase_id}: {amount} {currency}{stripe_part},"
+               f" quantity now {done.quantity_left}")
 
 
 @billing.command("balance")

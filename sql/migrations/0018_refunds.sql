@@ -18,6 +18,7 @@ create table if not exists billing.refunds (
     currency        text not null,
     refunded_at     timestamptz not null,
     created_at      timestamptz not null default now(),
+    stripe_refund_id text,
     constraint refunds_pkey primary key (tenancy_id, id),
     constraint refunds_one_per_purchase_key unique (tenancy_id, purchase_kind, purchase_id),
     constraint refunds_purchase_kind_check check (purchase_kind in ('subscription', 'one_time_purchase')),
@@ -26,7 +27,9 @@ create table if not exists billing.refunds (
     constraint refunds_currency_check check (currency ~ '^[A-Z]{3}$')
 );
 comment on table billing.refunds is
-    'One refund per purchase: the money, the quantity refunded and the quantity before; written by billing.refund, never updated. No foreign key to the purchase (two kinds); a refund outlives nothing but its tenancy.';
+    'One refund per purchase: the money, the quantity refunded and the quantity before; written by billing.refund (and stripe_refund_id once, by pyglue.billing.refunds, when Stripe refunded the money). No foreign key to the purchase (two kinds).';
+create unique index if not exists refunds_stripe_refund_id_idx on billing.refunds (stripe_refund_id)
+    where stripe_refund_id is not null;
 
 alter table billing.subscriptions drop constraint if exists subscriptions_quantity_check;
 alter table billing.subscriptions add constraint subscriptions_quantity_check check (quantity >= 0);
