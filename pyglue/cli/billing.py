@@ -81,11 +81,12 @@ def _report(result: jobs.JobResult, as_json: bool, line: str, **facts) -> None:
         click.echo(f"{line} in {result.batches} batch(es), {result.seconds:.1f} s")
 
 
+_tenant = click.option("--tenant", "tenant", type=click.UUID, required=True, help="Tenancy id (uuid).")
 _when = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
 
 
 @billing.command("transactions")
-@click.option("--tenant", "tenant", type=click.UUID, required=True, help="Tenancy id (uuid).")
+@_tenant
 @click.option("--customer", metavar="TYPE:ID", help="Only this customer: team:ID, user:ID or custom:ID.")
 @click.option("--from", "since", type=_when, help="Entries at or after this UTC time.")
 @click.option("--to", "until", type=_when, help="Entries before this UTC time (default: now).")
@@ -127,7 +128,7 @@ def _purchase(text: str) -> tuple[str, str]:
 
 
 @billing.command("refund")
-@click.option("--tenant", "tenant", type=click.UUID, required=True, help="Tenancy id (uuid).")
+@_tenant
 @click.option("--purchase", required=True, metavar="KIND:ID", callback=lambda _c, _p, v: _purchase(v),
               help="subscription:UUID or one_time_purchase:UUID.")
 @click.option("--quantity", type=click.IntRange(min=0), required=True, help="Units to take back (0: money only).")
@@ -150,7 +151,7 @@ def refund_cmd(obj, tenant, purchase, quantity: int, amount, currency: str, as_j
 
 
 @billing.command("balance")
-@click.option("--tenant", "tenant", type=click.UUID, required=True, help="Tenancy id (uuid).")
+@_tenant
 @click.option("--customer", required=True, metavar="TYPE:ID", help="The customer: team:ID, user:ID or custom:ID.")
 @click.option("--item", "item_id", required=True, metavar="ITEM", help="Item id, as in the products' included_items.")
 @click.option("--at", "at", type=_when, help="Balance at this UTC time (default: now).")
