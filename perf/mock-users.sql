@@ -24,7 +24,7 @@ select (date_trunc('day', now() at time zone 'UTC') at time zone 'UTC')::text as
 \set ON_ERROR_STOP on
 begin;
 insert into app.projects (id, display_name) values ('perf', 'Perf seeds') on conflict (id) do nothing;
-insert into app.tenancies (id, project_id, branch_id) values (:'tenancy', 'perf', 'mock-' || left(:'tenancy', 8))
+insert into app.tenancies (id, project_id, branch_id) values (:'tenancy', 'perf', 'mock-' || :'tenancy')
 on conflict (id) do nothing;
 -- one run at a time per tenancy: the numbering below reads what the last run left
 select pg_advisory_xact_lock(hashtextextended('perf/mock-users.sql|' || :'tenancy', 0)) as locked \gset

@@ -16,33 +16,31 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    with c as (
-        select * from unnest(p_tenancy_ids, p_user_ids, p_last_at, p_country_codes, p_country_at,
-                             p_country_event_ids) as c(tenancy_id, user_id, last_at, country_code, country_at,
-                                                       country_event_id)
-    ),
-    o as (
+    -- one statement; the candidates come with their locked state row (a join of two
+    -- unsized lists could be planned as a quadratic nested loop)
+    with o as (
         select s.tenancy_id, s.user_id, s.is_anonymous, s.last_active_at, s.country_code, s.country_at,
-               s.country_event_id
-        from app.metrics_user_state s
-        where (s.tenancy_id, s.user_id) in (select c.tenancy_id, c.user_id from c)
+               s.country_event_id, c.last_at, c.country_code as c_country, c.country_at as c_country_at,
+               c.country_event_id as c_country_event_id
+        from unnest(p_tenancy_ids, p_user_ids, p_last_at, p_country_codes, p_country_at, p_country_event_ids)
+             as c(tenancy_id, user_id, last_at, country_code, country_at, country_event_id)
+        join app.metrics_user_state s on s.tenancy_id = c.tenancy_id and s.user_id = c.user_id
         order by s.tenancy_id, s.user_id
         for update of s
     ),
     n as (
         select o.tenancy_id, o.user_id, o.is_anonymous,
                o.last_active_at as o_last, o.country_code as o_country,
-               greatest(o.last_active_at, c.last_at) as f_last,
+               greatest(o.last_active_at, o.last_at) as f_last,
                t.moves,
-               case when t.moves then c.country_code else o.country_code end as f_country,
-               case when t.moves then c.country_at else o.country_at end as f_country_at,
-               case when t.moves then c.country_event_id else o.country_event_id end as f_country_event_id
+               case when t.moves then o.c_country else o.country_code end as f_country,
+               case when t.moves then o.c_country_at else o.country_at end as f_country_at,
+               case when t.moves then o.c_country_event_id else o.country_event_id end as f_country_event_id
         from o
-        join c on c.tenancy_id = o.tenancy_id and c.user_id = o.user_id
         cross join lateral (
-            select c.country_at is not null
+            select o.c_country_at is not null
                    and (o.country_at is null
-                        or (c.country_at, c.country_event_id) > (o.country_at, o.country_event_id)) as moves
+                        or (o.c_country_at, o.c_country_event_id) > (o.country_at, o.country_event_id)) as moves
         ) t
     ),
     upd as (

@@ -73,15 +73,17 @@ begin
         ) lc on true
     ),
     pair as (
-        select k.tenancy_id, k.user_id,
+        select key.tenancy_id, key.user_id,
                o.is_anonymous as o_anon, o.signup_day as o_day, o.verified as o_verified, o.methods as o_methods,
                o.country_code as o_country, o.last_active_at as o_last,
                f.is_anonymous as f_anon, f.signup_day as f_day, f.verified as f_verified, f.methods as f_methods,
                f.country_code as f_country, f.last_active_at as f_last
-        from k
-        left join app.metrics_user_state o on o.tenancy_id = k.tenancy_id and o.user_id = k.user_id
-        left join fresh f on f.tenancy_id = k.tenancy_id and f.user_id = k.user_id
-        where o.user_id is not null or f.user_id is not null
+        -- a FULL JOIN of the two (a hash or merge join, never a nested loop: these lists come
+        -- from arrays the planner cannot size, and a nested loop over both is quadratic)
+        from (select s.* from app.metrics_user_state s join k on s.tenancy_id = k.tenancy_id and s.user_id = k.user_id) o
+        full join fresh f on f.tenancy_id = o.tenancy_id and f.user_id = o.user_id
+        cross join lateral (select coalesce(o.tenancy_id, f.tenancy_id) as tenancy_id,
+                                   coalesce(o.user_id, f.user_id) as user_id) key
     ),
     deltas (tenancy_id, metric, bucket, is_anonymous, d) as (
         select tenancy_id, 'signup', to_char(o_day, 'YYYY-MM-DD'), o_anon, -1 from pair where o_anon is not null

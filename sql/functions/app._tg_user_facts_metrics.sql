@@ -18,32 +18,26 @@ begin
         perform app._refresh_user_metrics(array_agg(k.tenancy_id), array_agg(k.user_id), false, true)
         from (select distinct o.tenancy_id, o.user_id from old_rows o) k;
     elsif tg_table_name = 'contact_channels' then
-        -- only what metrics read: the sequencer's stamping updates touch none of it
+        -- only what metrics read (the sequencer's stamping updates touch none of it); a FULL
+        -- JOIN is planned as a hash or merge join, never a nested loop over transition tables
         perform app._refresh_user_metrics(array_agg(k.tenancy_id), array_agg(k.user_id), false, true)
-        from (select x.tenancy_id, x.user_id
-              from new_rows n join old_rows o on o.tenancy_id = n.tenancy_id and o.id = n.id
+        from (select distinct x.tenancy_id, x.user_id
+              from new_rows n
+              full join old_rows o on o.tenancy_id = n.tenancy_id and o.id = n.id
               cross join lateral (values (n.tenancy_id, n.user_id), (o.tenancy_id, o.user_id)) as x(tenancy_id, user_id)
-              where (n.user_id, n.type, n.is_primary, n.is_verified) is distinct from
-                    (o.user_id, o.type, o.is_primary, o.is_verified)
-              union
-              select n.tenancy_id, n.user_id from new_rows n
-              where not exists (select 1 from old_rows o where o.tenancy_id = n.tenancy_id and o.id = n.id)
-              union
-              select o.tenancy_id, o.user_id from old_rows o
-              where not exists (select 1 from new_rows n where o.tenancy_id = n.tenancy_id and o.id = n.id)) k
+              where x.user_id is not null
+                and (n.id is null or o.id is null
+                     or (n.user_id, n.type, n.is_primary, n.is_verified) is distinct from (o.user_id, o.type, o.is_primary, o.is_verified))) k
         having count(*) > 0;
     else
         perform app._refresh_user_metrics(array_agg(k.tenancy_id), array_agg(k.user_id), false, true)
-        from (select x.tenancy_id, x.user_id
-              from new_rows n join old_rows o on o.tenancy_id = n.tenancy_id and o.id = n.id
+        from (select distinct x.tenancy_id, x.user_id
+              from new_rows n
+              full join old_rows o on o.tenancy_id = n.tenancy_id and o.id = n.id
               cross join lateral (values (n.tenancy_id, n.user_id), (o.tenancy_id, o.user_id)) as x(tenancy_id, user_id)
-              where (n.user_id, n.kind, n.provider) is distinct from (o.user_id, o.kind, o.provider)
-              union
-              select n.tenancy_id, n.user_id from new_rows n
-              where not exists (select 1 from old_rows o where o.tenancy_id = n.tenancy_id and o.id = n.id)
-              union
-              select o.tenancy_id, o.user_id from old_rows o
-              where not exists (select 1 from new_rows n where o.tenancy_id = n.tenancy_id and o.id = n.id)) k
+              where x.user_id is not null
+                and (n.id is null or o.id is null
+                     or (n.user_id, n.kind, n.provider) is distinct from (o.user_id, o.kind, o.provider))) k
         having count(*) > 0;
     end if;
     return null;

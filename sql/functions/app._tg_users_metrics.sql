@@ -19,16 +19,15 @@ begin
         perform app._refresh_user_metrics(array_agg(o.tenancy_id), array_agg(o.id), false, true)
         from old_rows o;
     else
-        perform app._refresh_user_metrics(array_agg(k.tenancy_id), array_agg(k.id), false, true)
-        from (select n.tenancy_id, n.id from new_rows n
-              where not exists (select 1 from old_rows o
-                                where o.tenancy_id = n.tenancy_id and o.id = n.id
-                                  and o.is_anonymous = n.is_anonymous and o.signed_up_at = n.signed_up_at)
-              union
-              select o.tenancy_id, o.id from old_rows o
-              where not exists (select 1 from new_rows n
-                                where o.tenancy_id = n.tenancy_id and o.id = n.id
-                                  and o.is_anonymous = n.is_anonymous and o.signed_up_at = n.signed_up_at)) k
+        -- a FULL JOIN is planned as a hash or merge join, never as a nested loop over two
+        -- transition tables (the sequencer's stamping updates are large and change nothing here)
+        perform app._refresh_user_metrics(array_agg(x.tenancy_id), array_agg(x.id), false, true)
+        from new_rows n
+        full join old_rows o on o.tenancy_id = n.tenancy_id and o.id = n.id
+        cross join lateral (values (n.tenancy_id, n.id), (o.tenancy_id, o.id)) as x(tenancy_id, id)
+        where x.id is not null
+          and (n.id is null or o.id is null
+               or n.is_anonymous <> o.is_anonymous or n.signed_up_at <> o.signed_up_at)
         having count(*) > 0;
     end if;
     return null;

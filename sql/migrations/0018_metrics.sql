@@ -3,7 +3,7 @@
 -- stale), the TTL cache pyglue.cache_entries and app.metrics_cached, and the keyset user list
 -- app.list_users with substring search (pg_trgm GIN indexes where the extension is
 -- available; the embedded server has none, and the function falls back to scans there).
--- depends: 0015_billing_job_steps
+-- depends: 0016_item_ledger_chunks
 
 -- per user and UTC day: the number of '$user-activity' events (daily active users, and what
 -- a user's appearance, removal or anonymous flip moves)
@@ -198,15 +198,17 @@ begin
         ) lc on true
     ),
     pair as (
-        select k.tenancy_id, k.user_id,
+        select key.tenancy_id, key.user_id,
                o.is_anonymous as o_anon, o.signup_day as o_day, o.verified as o_verified, o.methods as o_methods,
                o.country_code as o_country, o.last_active_at as o_last,
                f.is_anonymous as f_anon, f.signup_day as f_day, f.verified as f_verified, f.methods as f_methods,
                f.country_code as f_country, f.last_active_at as f_last
-        from k
-        left join app.metrics_user_state o on o.tenancy_id = k.tenancy_id and o.user_id = k.user_id
-        left join fresh f on f.tenancy_id = k.tenancy_id and f.user_id = k.user_id
-        where o.user_id is not null or f.user_id is not null
+        -- a FULL JOIN of the two (a hash or merge join, never a nested loop: these lists come
+        -- from arrays the planner cannot size, and a nested loop over both is quadratic)
+        from (select s.* from app.metrics_user_state s join k on s.tenancy_id = k.tenancy_id and s.user_id = k.user_id) o
+        full join fresh f on f.tenancy_id = o.tenancy_id and f.user_id = o.user_id
+        cross join lateral (select coalesce(o.tenancy_id, f.tenancy_id) as tenancy_id,
+                                   coalesce(o.user_id, f.user_id) as user_id) key
     ),
     deltas (tenancy_id, metric, bucket, is_anonymous, d) as (
         select tenancy_id, 'signup', to_char(o_day, 'YYYY-MM-DD'), o_anon, -1 from pair where o_anon is not null
@@ -351,33 +353,31 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    with c as (
-        select * from unnest(p_tenancy_ids, p_user_ids, p_last_at, p_country_codes, p_country_at,
-                             p_country_event_ids) as c(tenancy_id, user_id, last_at, country_code, country_at,
-                                                       country_event_id)
-    ),
-    o as (
+    -- one statement; the candidates come with their locked state row (a join of two
+    -- unsized lists could be planned as a quadratic nested loop)
+    with o as (
         select s.tenancy_id, s.user_id, s.is_anonymous, s.last_active_at, s.country_code, s.country_at,
-               s.country_event_id
-        from app.metrics_user_state s
-        where (s.tenancy_id, s.user_id) in (select c.tenancy_id, c.user_id from c)
+               s.country_event_id, c.last_at, c.country_code as c_country, c.country_at as c_country_at,
+               c.country_event_id as c_country_event_id
+        from unnest(p_tenancy_ids, p_user_ids, p_last_at, p_country_codes, p_country_at, p_country_event_ids)
+             as c(tenancy_id, user_id, last_at, country_code, country_at, country_event_id)
+        join app.metrics_user_state s on s.tenancy_id = c.tenancy_id and s.user_id = c.user_id
         order by s.tenancy_id, s.user_id
         for update of s
     ),
     n as (
         select o.tenancy_id, o.user_id, o.is_anonymous,
                o.last_active_at as o_last, o.country_code as o_country,
-               greatest(o.last_active_at, c.last_at) as f_last,
+               greatest(o.last_active_at, o.last_at) as f_last,
                t.moves,
-               case when t.moves then c.country_code else o.country_code end as f_country,
-               case when t.moves then c.country_at else o.country_at end as f_country_at,
-               case when t.moves then c.country_event_id else o.country_event_id end as f_country_event_id
+               case when t.moves then o.c_country else o.country_code end as f_country,
+               case when t.moves then o.c_country_at else o.country_at end as f_country_at,
+               case when t.moves then o.c_country_event_id else o.country_event_id end as f_country_event_id
         from o
-        join c on c.tenancy_id = o.tenancy_id and c.user_id = o.user_id
         cross join lateral (
-            select c.country_at is not null
+            select o.c_country_at is not null
                    and (o.country_at is null
-                        or (c.country_at, c.country_event_id) > (o.country_at, o.country_event_id)) as moves
+                        or (o.c_country_at, o.c_country_event_id) > (o.country_at, o.country_event_id)) as moves
         ) t
     ),
     upd as (
@@ -434,16 +434,15 @@ begin
         perform app._refresh_user_metrics(array_agg(o.tenancy_id), array_agg(o.id), false, true)
         from old_rows o;
     else
-        perform app._refresh_user_metrics(array_agg(k.tenancy_id), array_agg(k.id), false, true)
-        from (select n.tenancy_id, n.id from new_rows n
-              where not exists (select 1 from old_rows o
-                                where o.tenancy_id = n.tenancy_id and o.id = n.id
-                                  and o.is_anonymous = n.is_anonymous and o.signed_up_at = n.signed_up_at)
-              union
-              select o.tenancy_id, o.id from old_rows o
-              where not exists (select 1 from new_rows n
-                                where o.tenancy_id = n.tenancy_id and o.id = n.id
-                                  and o.is_anonymous = n.is_anonymous and o.signed_up_at = n.signed_up_at)) k
+        -- a FULL JOIN is planned as a hash or merge join, never as a nested loop over two
+        -- transition tables (the sequencer's stamping updates are large and change nothing here)
+        perform app._refresh_user_metrics(array_agg(x.tenancy_id), array_agg(x.id), false, true)
+        from new_rows n
+        full join old_rows o on o.tenancy_id = n.tenancy_id and o.id = n.id
+        cross join lateral (values (n.tenancy_id, n.id), (o.tenancy_id, o.id)) as x(tenancy_id, id)
+        where x.id is not null
+          and (n.id is null or o.id is null
+               or n.is_anonymous <> o.is_anonymous or n.signed_up_at <> o.signed_up_at)
         having count(*) > 0;
     end if;
     return null;
@@ -474,32 +473,26 @@ begin
         perform app._refresh_user_metrics(array_agg(k.tenancy_id), array_agg(k.user_id), false, true)
         from (select distinct o.tenancy_id, o.user_id from old_rows o) k;
     elsif tg_table_name = 'contact_channels' then
-        -- only what metrics read: the sequencer's stamping updates touch none of it
+        -- only what metrics read (the sequencer's stamping updates touch none of it); a FULL
+        -- JOIN is planned as a hash or merge join, never a nested loop over transition tables
         perform app._refresh_user_metrics(array_agg(k.tenancy_id), array_agg(k.user_id), false, true)
-        from (select x.tenancy_id, x.user_id
-              from new_rows n join old_rows o on o.tenancy_id = n.tenancy_id and o.id = n.id
+        from (select distinct x.tenancy_id, x.user_id
+              from new_rows n
+              full join old_rows o on o.tenancy_id = n.tenancy_id and o.id = n.id
               cross join lateral (values (n.tenancy_id, n.user_id), (o.tenancy_id, o.user_id)) as x(tenancy_id, user_id)
-              where (n.user_id, n.type, n.is_primary, n.is_verified) is distinct from
-                    (o.user_id, o.type, o.is_primary, o.is_verified)
-              union
-              select n.tenancy_id, n.user_id from new_rows n
-              where not exists (select 1 from old_rows o where o.tenancy_id = n.tenancy_id and o.id = n.id)
-              union
-              select o.tenancy_id, o.user_id from old_rows o
-              where not exists (select 1 from new_rows n where o.tenancy_id = n.tenancy_id and o.id = n.id)) k
+              where x.user_id is not null
+                and (n.id is null or o.id is null
+                     or (n.user_id, n.type, n.is_primary, n.is_verified) is distinct from (o.user_id, o.type, o.is_primary, o.is_verified))) k
         having count(*) > 0;
     else
         perform app._refresh_user_metrics(array_agg(k.tenancy_id), array_agg(k.user_id), false, true)
-        from (select x.tenancy_id, x.user_id
-              from new_rows n join old_rows o on o.tenancy_id = n.tenancy_id and o.id = n.id
+        from (select distinct x.tenancy_id, x.user_id
+              from new_rows n
+              full join old_rows o on o.tenancy_id = n.tenancy_id and o.id = n.id
               cross join lateral (values (n.tenancy_id, n.user_id), (o.tenancy_id, o.user_id)) as x(tenancy_id, user_id)
-              where (n.user_id, n.kind, n.provider) is distinct from (o.user_id, o.kind, o.provider)
-              union
-              select n.tenancy_id, n.user_id from new_rows n
-              where not exists (select 1 from old_rows o where o.tenancy_id = n.tenancy_id and o.id = n.id)
-              union
-              select o.tenancy_id, o.user_id from old_rows o
-              where not exists (select 1 from new_rows n where o.tenancy_id = n.tenancy_id and o.id = n.id)) k
+              where x.user_id is not null
+                and (n.id is null or o.id is null
+                     or (n.user_id, n.kind, n.provider) is distinct from (o.user_id, o.kind, o.provider))) k
         having count(*) > 0;
     end if;
     return null;
