@@ -8,6 +8,7 @@ through it; nothing of Stripe or the database is mocked.
 
 from __future__ import annotations
 
+import datetime as dt
 import http.server
 import json
 import re
@@ -26,7 +27,7 @@ import stripe
 from click.testing import CliRunner
 from psycopg.types.json import Jsonb
 
-from pyglue.billing import refunds
+from pyglue.billing import plans, refunds
 from pyglue.billing import stripe as sb
 from pyglue.cli import cli
 from pyglue.errors import PyglueError
@@ -765,3 +766,42 @@ def test_refund_cli_of_an_api_granted_plan_needs_no_stripe(db):
     assert again.exit_code == 1 and "was already refunded" in str(again.exception)
     bad = CliRunner().invoke(cli, [*args[:6], "--purchase", "gift:1", *args[8:]])
     assert bad.exit_code == 2 and "must be subscription:UUID or one_time_purchase:UUID, got 'gift:1'" in bad.output
+
+
+# --- plan switches -------------------------------------------------------------------------
+
+BASIC_CREDITS = PRO | {"display_name": "Basic",
+                       "included_items": {"credits": {"quantity": 100, "expires": "when-purchase-expires"}}}
+PRO_CREDITS = PRO | {"included_items": {"credits": {"quantity": 500, "expires": "when-purchase-expires"}}}
+
+
+def credits(conn, tenancy, team, at) -> int:
+    return conn.execute("select billing.item_quantity(%s, 'team', %s, 'credits', %s) as q",
+                        (tenancy, team, at)).fetchone()["q"]
+
+
+def test_a_stripe_plan_switched_through_the_sdk_is_forward_only(db, env, sc, plan):
+    dsn, conn = db
+    tenancy, team = tenancy_with_team(conn)
+    upsert_product(conn, tenancy, "basic", BASIC_CREDITS)
+    upsert_product(conn, tenancy, "pro", PRO_CREDITS)
+    pro_plan = sc.v1.plans.create(params={"product": sc.v1.products.create(params={"name": "Pro 500"}).id,
+                                          "amount": 9900, "currency": "usd", "interval": "month"}).id
+    sub = subscribe(sc, customer(sc, tenancy, "team", team), plan, product_id="basic")
+    sb.sync_tenancy(dsn, tenancy)
+    conn.execute("select billing.change_item_quantity(%s, 'team', %s, 'credits', -30)", (tenancy, team))
+    purchase = row(conn, sub.id)["id"]
+
+    with pytest.raises(PyglueError, match="name the Stripe price"):
+        plans.switch_plan(conn, tenancy, purchase, "pro")
+    assert plans.switch_plan(conn, tenancy, purchase, "pro", stripe_price=pro_plan) == purchase
+    fetched = sc.v1.subscriptions.retrieve(sub.id)
+    assert fetched["items"].data[0].plan.id == pro_plan and fetched.metadata[sb.PRODUCT_KEY] == "pro"
+    moved_at = conn.execute("select moved_at from billing.subscription_moves").fetchone()["moved_at"]
+    before = moved_at - dt.timedelta(microseconds=1)
+    assert (credits(conn, tenancy, team, before), credits(conn, tenancy, team, moved_at)) == (70, 500)
+    products_at = lambda at: [r["product_id"] for r in conn.execute(  # noqa: E731
+        "select product_id from billing.owned_products(%s, 'team', %s, %s)", (tenancy, team, at))]
+    assert (products_at(before), products_at(moved_at)) == (["basic"], ["pro"])
+    assert conn.execute("select count(*) as n from billing.verify_ledger()").fetchone()["n"] == 0
+    assert sb.sync_tenancy(dsn, tenancy).written == 0

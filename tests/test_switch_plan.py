@@ -111,3 +111,21 @@ def test_two_concurrent_switches_of_one_plan_one_wins(fresh_db, connect):
     b.rollback()
     assert setup.execute("select count(*) as n from billing.subscriptions where ended_at is null").fetchone()["n"] == 1
     verify_empty(setup)
+
+
+def test_switch_plan_cli(fresh_db, connect):
+    from click.testing import CliRunner
+
+    from pyglue.cli import cli
+
+    c = connect(fresh_db, autocommit=True)
+    t = f.tenancy(c)
+    plans(c, t)
+    sub = grant(c, t, "c", "basic", c.execute("select now() - interval '1 day' as s").fetchone()["s"])
+    args = ["--dsn", fresh_db, "billing", "switch-plan", "--tenant", str(t), "--subscription", str(sub)]
+    result = CliRunner().invoke(cli, [*args, "--product", "pro"])
+    assert result.exit_code == 0, result.output
+    new = c.execute("select id from billing.subscriptions where ended_at is null").fetchone()["id"]
+    assert result.output.strip() == f"subscription {sub} switched to pro: now subscription {new}"
+    again = CliRunner().invoke(cli, [*args, "--product", "pro"])
+    assert again.exit_code == 1 and f"subscription {sub} has ended" in str(again.exception)

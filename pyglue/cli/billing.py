@@ -12,7 +12,7 @@ import uuid
 import click
 
 from pyglue import db
-from pyglue.billing import jobs, ledger, refunds, transactions
+from pyglue.billing import jobs, ledger, plans, refunds, transactions
 from pyglue.billing import stripe as stripe_billing
 from pyglue.progress import Progress
 
@@ -148,6 +148,19 @@ def refund_cmd(obj, tenant, purchase, quantity: int, amount, currency: str, as_j
     stripe_part = f" (Stripe refund {done.stripe_refund_id})" if done.stripe_refund_id else ""
     click.echo(f"refund {done.refund_id} of {kind} {purchase_id}: {amount} {currency}{stripe_part},"
                f" quantity now {done.quantity_left}")
+
+
+@billing.command("switch-plan")
+@_tenant
+@click.option("--subscription", "subscription_id", type=click.UUID, required=True, help="The live plan (uuid).")
+@click.option("--product", "product_id", required=True, metavar="ID", help="Product of the same line to move to.")
+@click.option("--stripe-price", metavar="ID", help="For a Stripe-backed plan: the new product's Stripe price (plan).")
+@click.pass_obj
+def switch_plan_cmd(obj, tenant, subscription_id, product_id: str, stripe_price: str | None) -> None:
+    """Move a plan to another product of its line from now on (in Stripe when Stripe-backed)."""
+    with db.connect(obj.dsn, autocommit=True, application_name="pyglue billing switch-plan") as conn:
+        now = plans.switch_plan(conn, tenant, subscription_id, product_id, stripe_price=stripe_price)
+    click.echo(f"subscription {subscription_id} switched to {product_id}: now subscription {now}")
 
 
 @billing.command("balance")

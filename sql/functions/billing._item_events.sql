@@ -15,6 +15,10 @@
 --     quantities (times purchase quantity): a grant with the expiry the item's rule gives
 --     at that instant, or a removal; none for a when-repeated item at one of its repeat
 --     instants (its lot expires there and the repeat grants the new quantity).
+-- A move to a version of another product (a plan switched in Stripe, arriving by the sync)
+-- is an end and a start, as billing.switch_plan makes them: the old product's purchase ends
+-- at the move and the new one's starts there (grants from the move, repeats counted from
+-- it), with no adjustment.
 -- A refund (billing.refunds) splits the purchase too: before it (its time, or when it was
 -- recorded if that is later: a refund dated back does not undo repeats already granted),
 -- grants use the quantity the purchase had before the refund; from it on, the lowered one. It makes no adjustment:
@@ -98,17 +102,32 @@ begin
                vt.seg_quantity as quantity, lag(vt.seg_quantity) over w as prev_quantity,
                lead(vt.seg_start, 1, 'infinity') over w as seg_end,
                v.content -> 'included_items' -> p_item_id as item,
-               lag(v.content -> 'included_items' -> p_item_id) over w as prev_item
+               lag(v.content -> 'included_items' -> p_item_id) over w as prev_item,
+               coalesce(lag(v.product_id) over w <> v.product_id, false) as is_switch
         from versions_over_time vt
         join billing.product_versions v on v.id = vt.version_id
         window w as (partition by vt.kind, vt.id order by vt.seg_start, vt.ord)
+    ), spans as (
+        -- a move to another product's version (a plan switch made in Stripe) ends the purchase
+        -- of the old product there and starts one of the new product: each span has its own
+        -- start (repeats count from it) and end (when-purchase-expires lots expire at it)
+        select sg.kind, sg.id, sg.seg_start, sg.ord, sg.is_refund, sg.is_switch, sg.quantity, sg.prev_quantity,
+               sg.seg_end, sg.item, sg.prev_item,
+               coalesce(max(case when sg.is_switch then sg.seg_start end) over upto, sg.start_at) as start_at,
+               least(coalesce(min(case when sg.is_switch then sg.seg_start end) over later, 'infinity'), sg.end_at)
+                   as end_at
+        from segments sg
+        window upto as (partition by sg.kind, sg.id order by sg.seg_start, sg.ord
+                        rows between unbounded preceding and current row),
+               later as (partition by sg.kind, sg.id order by sg.seg_start, sg.ord
+                         rows between 1 following and unbounded following)
     ), rules as (
         select sg.*, least(sg.seg_end, sg.end_at) as stop_at,
                coalesce((sg.item ->> 'quantity')::bigint, 0) * sg.quantity as qty,
                coalesce((sg.prev_item ->> 'quantity')::bigint, 0) * sg.prev_quantity as prev_qty,
                billing._calendar_interval(coalesce(sg.item, sg.prev_item) -> 'repeat') as every,
                coalesce(coalesce(sg.item, sg.prev_item) ->> 'expires', 'never') as expires
-        from segments sg
+        from spans sg
         where sg.item is not null or sg.prev_item is not null
     ), grants as (
         select r.kind, r.id, g.at, r.qty as delta,
@@ -147,7 +166,7 @@ begin
             order by 1
             limit 1
         ) n on true
-        where r.ord > 0 and not r.is_refund and r.qty <> r.prev_qty and r.seg_start < r.stop_at
+        where r.ord > 0 and not r.is_refund and not r.is_switch and r.qty <> r.prev_qty and r.seg_start < r.stop_at
           and r.seg_start >= p_from and r.seg_start < p_before
           and not (r.expires = 'when-repeated' and n.next_at is not distinct from r.seg_start)
     )

@@ -44,15 +44,17 @@ begin
             cross join lateral jsonb_object_keys(coalesce(v.content -> 'included_items', '{}')) as i(item_id)
             group by 1, 2, 3, 4) k;
     elsif tg_op = 'UPDATE' then
-        -- the version moves that change included items, as 'from to' (few: looked up once
-        -- per pair, not per row)
+        -- the version moves that change included items, or the product (a switch: the ledger
+        -- ends the old purchase and starts a new one there), as 'from to' (few: looked up
+        -- once per pair, not per row)
         select coalesce(array_agg(p.from_id || ' ' || p.to_id), '{}') into v_moves
         from (select distinct o.product_version_id as from_id, n.product_version_id as to_id
               from old_rows o join new_rows n on n.tenancy_id = o.tenancy_id and n.id = o.id
               where o.product_version_id <> n.product_version_id) p
         join billing.product_versions a on a.id = p.from_id
         join billing.product_versions b on b.id = p.to_id
-        where a.content -> 'included_items' is distinct from b.content -> 'included_items';
+        where a.content -> 'included_items' is distinct from b.content -> 'included_items'
+           or a.product_id <> b.product_id;
         select count(*) into v_rows
         from old_rows o join new_rows n on n.tenancy_id = o.tenancy_id and n.id = o.id
         where (o.customer_type, o.customer_id, o.started_at, o.ended_at, o.cancel_at_period_end,
@@ -77,11 +79,14 @@ begin
         select jsonb_agg(k) into v_histories from (
             select x.tenancy_id, cu.customer_type, cu.customer_id, i.item_id, min(x.from_at) as "from"
             from (select o.tenancy_id, o.id,
-                         -- a version change alone changes nothing before the move: from there
+                         -- a version change alone changes nothing before the move: from there; a
+                         -- change of product ends the old purchase at the move, so the expiries of
+                         -- what it granted before change too: from the start
                          case when (o.customer_type, o.customer_id, o.started_at, o.ended_at, o.cancel_at_period_end,
-                                    o.current_period_end, o.quantity)
+                                    o.current_period_end, o.quantity, o.product_id)
                                    is not distinct from (n.customer_type, n.customer_id, n.started_at, n.ended_at,
-                                                         n.cancel_at_period_end, n.current_period_end, n.quantity)
+                                                         n.cancel_at_period_end, n.current_period_end, n.quantity,
+                                                         n.product_id)
                               then greatest(o.started_at,
                                             (select max(m.moved_at) from billing.subscription_moves m
                                              where m.tenancy_id = o.tenancy_id and m.subscription_id = o.id))

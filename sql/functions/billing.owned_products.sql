@@ -2,7 +2,8 @@
 -- customer owns at p_at (now by default, or any time past or future).
 --
 -- A subscription counts from its start until it ends (ended_at, or its period end when set
--- to cancel then), with the version it had at p_at (billing.subscription_moves); a one-time
+-- to cancel then), with the version (and so the product: a plan switched in Stripe moves
+-- the row to another product's version) it had at p_at (billing.subscription_moves); a one-time
 -- purchase from its purchase until revoked. The quantity is the purchase's at p_at: before
 -- a refund took effect (billing.refunds: its time, or when it was recorded if later) the
 -- quantity it had before the refund, after it the lowered one. Purchases at quantity 0 are
@@ -23,7 +24,7 @@ begin
     end if;
     return query
     with purchases as (
-        select s.product_id, 'subscription'::text as kind, s.id, s.quantity,
+        select 'subscription'::text as kind, s.id, s.quantity,
                coalesce((select m.to_version_id from billing.subscription_moves m
                          where m.tenancy_id = s.tenancy_id and m.subscription_id = s.id and m.moved_at <= p_at
                          order by m.moved_at desc, m.id desc limit 1),
@@ -36,15 +37,16 @@ begin
           and s.started_at <= p_at
           and p_at < coalesce(s.ended_at, case when s.cancel_at_period_end then s.current_period_end end, 'infinity')
         union all
-        select o.product_id, 'one_time_purchase', o.id, o.quantity, o.product_version_id
+        select 'one_time_purchase', o.id, o.quantity, o.product_version_id
         from billing.one_time_purchases o
         where o.tenancy_id = p_tenancy_id and o.customer_type = p_customer_type and o.customer_id = p_customer_id
           and o.purchased_at <= p_at and p_at < coalesce(o.revoked_at, 'infinity')
     )
-    select pu.product_id, pu.version_id,
+    select v.product_id, pu.version_id,
            case when greatest(f.refunded_at, f.created_at) > p_at then f.quantity_before else pu.quantity end,
            pu.kind, pu.id
     from purchases pu
+    join billing.product_versions v on v.id = pu.version_id
     left join billing.refunds f on f.tenancy_id = p_tenancy_id and f.purchase_kind = pu.kind and f.purchase_id = pu.id
     where case when greatest(f.refunded_at, f.created_at) > p_at then f.quantity_before else pu.quantity end > 0
     order by 1, 5;

@@ -4,7 +4,8 @@
 -- items: the ledger's inputs (billing._item_events) split a purchase at its refund, grants
 -- before it keep the old quantity. A purchase may now reach quantity 0 (refunded in full).
 -- billing.owned_products answers what a customer owns at any time; billing.switch_plan
--- moves a live plan to another product of its line, forward only.
+-- moves a live plan to another product of its line, forward only, and a move to another
+-- product's version (a switch made in Stripe) is treated the same way by the ledger.
 -- depends: 0016_item_ledger_chunks
 
 create table if not exists billing.refunds (
@@ -54,6 +55,10 @@ alter table billing.one_time_purchases add constraint one_time_purchases_quantit
 --     quantities (times purchase quantity): a grant with the expiry the item's rule gives
 --     at that instant, or a removal; none for a when-repeated item at one of its repeat
 --     instants (its lot expires there and the repeat grants the new quantity).
+-- A move to a version of another product (a plan switched in Stripe, arriving by the sync)
+-- is an end and a start, as billing.switch_plan makes them: the old product's purchase ends
+-- at the move and the new one's starts there (grants from the move, repeats counted from
+-- it), with no adjustment.
 -- A refund (billing.refunds) splits the purchase too: before it (its time, or when it was
 -- recorded if that is later: a refund dated back does not undo repeats already granted),
 -- grants use the quantity the purchase had before the refund; from it on, the lowered one. It makes no adjustment:
@@ -137,17 +142,32 @@ begin
                vt.seg_quantity as quantity, lag(vt.seg_quantity) over w as prev_quantity,
                lead(vt.seg_start, 1, 'infinity') over w as seg_end,
                v.content -> 'included_items' -> p_item_id as item,
-               lag(v.content -> 'included_items' -> p_item_id) over w as prev_item
+               lag(v.content -> 'included_items' -> p_item_id) over w as prev_item,
+               coalesce(lag(v.product_id) over w <> v.product_id, false) as is_switch
         from versions_over_time vt
         join billing.product_versions v on v.id = vt.version_id
         window w as (partition by vt.kind, vt.id order by vt.seg_start, vt.ord)
+    ), spans as (
+        -- a move to another product's version (a plan switch made in Stripe) ends the purchase
+        -- of the old product there and starts one of the new product: each span has its own
+        -- start (repeats count from it) and end (when-purchase-expires lots expire at it)
+        select sg.kind, sg.id, sg.seg_start, sg.ord, sg.is_refund, sg.is_switch, sg.quantity, sg.prev_quantity,
+               sg.seg_end, sg.item, sg.prev_item,
+               coalesce(max(case when sg.is_switch then sg.seg_start end) over upto, sg.start_at) as start_at,
+               least(coalesce(min(case when sg.is_switch then sg.seg_start end) over later, 'infinity'), sg.end_at)
+                   as end_at
+        from segments sg
+        window upto as (partition by sg.kind, sg.id order by sg.seg_start, sg.ord
+                        rows between unbounded preceding and current row),
+               later as (partition by sg.kind, sg.id order by sg.seg_start, sg.ord
+                         rows between 1 following and unbounded following)
     ), rules as (
         select sg.*, least(sg.seg_end, sg.end_at) as stop_at,
                coalesce((sg.item ->> 'quantity')::bigint, 0) * sg.quantity as qty,
                coalesce((sg.prev_item ->> 'quantity')::bigint, 0) * sg.prev_quantity as prev_qty,
                billing._calendar_interval(coalesce(sg.item, sg.prev_item) -> 'repeat') as every,
                coalesce(coalesce(sg.item, sg.prev_item) ->> 'expires', 'never') as expires
-        from segments sg
+        from spans sg
         where sg.item is not null or sg.prev_item is not null
     ), grants as (
         select r.kind, r.id, g.at, r.qty as delta,
@@ -186,7 +206,7 @@ begin
             order by 1
             limit 1
         ) n on true
-        where r.ord > 0 and not r.is_refund and r.qty <> r.prev_qty and r.seg_start < r.stop_at
+        where r.ord > 0 and not r.is_refund and not r.is_switch and r.qty <> r.prev_qty and r.seg_start < r.stop_at
           and r.seg_start >= p_from and r.seg_start < p_before
           and not (r.expires = 'when-repeated' and n.next_at is not distinct from r.seg_start)
     )
@@ -299,7 +319,8 @@ comment on function billing.refund(uuid, text, uuid, integer, numeric, text, tim
 -- customer owns at p_at (now by default, or any time past or future).
 --
 -- A subscription counts from its start until it ends (ended_at, or its period end when set
--- to cancel then), with the version it had at p_at (billing.subscription_moves); a one-time
+-- to cancel then), with the version (and so the product: a plan switched in Stripe moves
+-- the row to another product's version) it had at p_at (billing.subscription_moves); a one-time
 -- purchase from its purchase until revoked. The quantity is the purchase's at p_at: before
 -- a refund took effect (billing.refunds: its time, or when it was recorded if later) the
 -- quantity it had before the refund, after it the lowered one. Purchases at quantity 0 are
@@ -320,7 +341,7 @@ begin
     end if;
     return query
     with purchases as (
-        select s.product_id, 'subscription'::text as kind, s.id, s.quantity,
+        select 'subscription'::text as kind, s.id, s.quantity,
                coalesce((select m.to_version_id from billing.subscription_moves m
                          where m.tenancy_id = s.tenancy_id and m.subscription_id = s.id and m.moved_at <= p_at
                          order by m.moved_at desc, m.id desc limit 1),
@@ -333,15 +354,16 @@ begin
           and s.started_at <= p_at
           and p_at < coalesce(s.ended_at, case when s.cancel_at_period_end then s.current_period_end end, 'infinity')
         union all
-        select o.product_id, 'one_time_purchase', o.id, o.quantity, o.product_version_id
+        select 'one_time_purchase', o.id, o.quantity, o.product_version_id
         from billing.one_time_purchases o
         where o.tenancy_id = p_tenancy_id and o.customer_type = p_customer_type and o.customer_id = p_customer_id
           and o.purchased_at <= p_at and p_at < coalesce(o.revoked_at, 'infinity')
     )
-    select pu.product_id, pu.version_id,
+    select v.product_id, pu.version_id,
            case when greatest(f.refunded_at, f.created_at) > p_at then f.quantity_before else pu.quantity end,
            pu.kind, pu.id
     from purchases pu
+    join billing.product_versions v on v.id = pu.version_id
     left join billing.refunds f on f.tenancy_id = p_tenancy_id and f.purchase_kind = pu.kind and f.purchase_id = pu.id
     where case when greatest(f.refunded_at, f.created_at) > p_at then f.quantity_before else pu.quantity end > 0
     order by 1, 5;
@@ -634,3 +656,131 @@ $$;
 
 comment on function billing.transactions(uuid, text, text, timestamptz, timestamptz, integer, timestamptz, text) is
     'The money-and-items history of a customer (or a tenancy): purchases, renewals, plan switches, cancellations, refunds, item changes, grants and expiries, newest first, keyset pages.';
+
+-- copied from sql/functions/billing._tg_refresh_subscription_items.sql
+-- billing._tg_refresh_subscription_items(): statement-level AFTER INSERT / UPDATE / DELETE
+-- trigger of billing.subscriptions: the item histories that the changed subscriptions feed
+-- are brought up to date in the same transaction.
+--
+-- Which subscriptions count: every inserted one; an updated one when the update changes
+-- what its grants depend on (customer, start, end, cancel-at-period-end, period end,
+-- quantity, or a version with other included items: a regen to content with the same items
+-- changes nothing); every deleted one.
+-- Up to 20 of them (a grant, a cancel, a Stripe sync of a customer): each history they
+-- feed (every included item of every version they were on, for the old and the new
+-- customer) is refolded now by billing._refresh_item_histories, from the subscription's
+-- start, or from its last move when only the version changed (what came before the move
+-- stays as it is). More (a bulk backfill or regen) and every DELETE (a tenancy going away):
+-- the stored histories of their customers are marked from the start instead (their
+-- points_before moves back, so reads fold past it on the fly, still exact, until
+-- billing.refold_item_histories stores them again); a history without a row needs nothing.
+-- SECURITY DEFINER: a role that may write subscriptions need not be able to write derived state.
+create or replace function billing._tg_refresh_subscription_items()
+returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_rows bigint;
+    v_moves text[];
+    v_histories jsonb;
+begin
+    -- one statement per operation: a transition table that the trigger does not have
+    -- cannot even be named
+    if tg_op = 'INSERT' then
+        select count(*) into v_rows from new_rows;
+        if v_rows > 20 then
+            update billing.item_histories h set points_before = least(h.points_before, n.started_at)
+            from new_rows n
+            where h.tenancy_id = n.tenancy_id and h.customer_type = n.customer_type
+              and h.customer_id = n.customer_id and h.points_before > n.started_at;
+            return null;
+        end if;
+        select jsonb_agg(k) into v_histories from (
+            select n.tenancy_id, n.customer_type, n.customer_id, i.item_id, min(n.started_at) as "from"
+            from new_rows n
+            join billing.product_versions v on v.id = n.product_version_id
+            cross join lateral jsonb_object_keys(coalesce(v.content -> 'included_items', '{}')) as i(item_id)
+            group by 1, 2, 3, 4) k;
+    elsif tg_op = 'UPDATE' then
+        -- the version moves that change included items, or the product (a switch: the ledger
+        -- ends the old purchase and starts a new one there), as 'from to' (few: looked up
+        -- once per pair, not per row)
+        select coalesce(array_agg(p.from_id || ' ' || p.to_id), '{}') into v_moves
+        from (select distinct o.product_version_id as from_id, n.product_version_id as to_id
+              from old_rows o join new_rows n on n.tenancy_id = o.tenancy_id and n.id = o.id
+              where o.product_version_id <> n.product_version_id) p
+        join billing.product_versions a on a.id = p.from_id
+        join billing.product_versions b on b.id = p.to_id
+        where a.content -> 'included_items' is distinct from b.content -> 'included_items'
+           or a.product_id <> b.product_id;
+        select count(*) into v_rows
+        from old_rows o join new_rows n on n.tenancy_id = o.tenancy_id and n.id = o.id
+        where (o.customer_type, o.customer_id, o.started_at, o.ended_at, o.cancel_at_period_end,
+               o.current_period_end, o.quantity)
+              is distinct from (n.customer_type, n.customer_id, n.started_at, n.ended_at,
+                                n.cancel_at_period_end, n.current_period_end, n.quantity)
+           or o.product_version_id || ' ' || n.product_version_id = any (v_moves);
+        if v_rows = 0 then
+            return null;
+        end if;
+        if v_rows > 20 then
+            update billing.item_histories h set points_before = least(h.points_before, c.from_at)
+            from (select o.tenancy_id, o.customer_type, o.customer_id, least(o.started_at, n.started_at) as from_at
+                  from old_rows o join new_rows n on n.tenancy_id = o.tenancy_id and n.id = o.id
+                  union all
+                  select n.tenancy_id, n.customer_type, n.customer_id, least(o.started_at, n.started_at)
+                  from old_rows o join new_rows n on n.tenancy_id = o.tenancy_id and n.id = o.id) c
+            where h.tenancy_id = c.tenancy_id and h.customer_type = c.customer_type
+              and h.customer_id = c.customer_id and h.points_before > c.from_at;
+            return null;
+        end if;
+        select jsonb_agg(k) into v_histories from (
+            select x.tenancy_id, cu.customer_type, cu.customer_id, i.item_id, min(x.from_at) as "from"
+            from (select o.tenancy_id, o.id,
+                         -- a version change alone changes nothing before the move: from there; a
+                         -- change of product ends the old purchase at the move, so the expiries of
+                         -- what it granted before change too: from the start
+                         case when (o.customer_type, o.customer_id, o.started_at, o.ended_at, o.cancel_at_period_end,
+                                    o.current_period_end, o.quantity, o.product_id)
+                                   is not distinct from (n.customer_type, n.customer_id, n.started_at, n.ended_at,
+                                                         n.cancel_at_period_end, n.current_period_end, n.quantity,
+                                                         n.product_id)
+                              then greatest(o.started_at,
+                                            (select max(m.moved_at) from billing.subscription_moves m
+                                             where m.tenancy_id = o.tenancy_id and m.subscription_id = o.id))
+                              else least(o.started_at, n.started_at)
+                         end as from_at,
+                         o.product_version_id as old_version_id, n.product_version_id as new_version_id,
+                         o.customer_type as old_type, o.customer_id as old_id, n.customer_type as new_type,
+                         n.customer_id as new_id
+                  from old_rows o join new_rows n on n.tenancy_id = o.tenancy_id and n.id = o.id
+                  where (o.customer_type, o.customer_id, o.started_at, o.ended_at, o.cancel_at_period_end,
+                         o.current_period_end, o.quantity)
+                        is distinct from (n.customer_type, n.customer_id, n.started_at, n.ended_at,
+                                          n.cancel_at_period_end, n.current_period_end, n.quantity)
+                     or o.product_version_id || ' ' || n.product_version_id = any (v_moves)) x
+            cross join lateral (values (x.old_type, x.old_id), (x.new_type, x.new_id)) as cu(customer_type, customer_id)
+            cross join lateral (
+                select jsonb_object_keys(coalesce(v.content -> 'included_items', '{}')) as item_id
+                from billing.product_versions v
+                where v.id in (x.old_version_id, x.new_version_id)
+                   or v.id in (select m.from_version_id from billing.subscription_moves m
+                               where m.tenancy_id = x.tenancy_id and m.subscription_id = x.id)
+            ) i
+            group by 1, 2, 3, 4) k;
+    else
+        update billing.item_histories h set points_before = least(h.points_before, o.started_at)
+        from old_rows o
+        where h.tenancy_id = o.tenancy_id and h.customer_type = o.customer_type and h.customer_id = o.customer_id
+          and h.points_before > o.started_at;
+        return null;
+    end if;
+    perform billing._refresh_item_histories(coalesce(v_histories, '[]'));
+    return null;
+end;
+$$;
+
+comment on function billing._tg_refresh_subscription_items() is
+    'Statement trigger of billing.subscriptions: refresh the item histories the changed subscriptions feed (refold up to 20 subscriptions'' histories, mark more).';
