@@ -805,3 +805,7 @@ def test_a_stripe_plan_switched_through_the_sdk_is_forward_only(db, env, sc, pla
     assert (products_at(before), products_at(moved_at)) == (["basic"], ["pro"])
     assert conn.execute("select count(*) as n from billing.verify_ledger()").fetchone()["n"] == 0
     assert sb.sync_tenancy(dsn, tenancy).written == 0
+    entries = conn.execute("select kind, product_id, at from billing.transactions(%s, 'team', %s)"
+                           " where kind in ('purchase', 'plan_switch') order by at", (tenancy, team)).fetchall()
+    assert [(e["kind"], e["product_id"]) for e in entries] == [("purchase", "basic"), ("plan_switch", "pro")]
+    assert entries[1]["at"] == moved_at

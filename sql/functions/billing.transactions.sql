@@ -6,7 +6,8 @@
 --   renewal       each later billing period of a subscription that started;
 --   plan_switch   a subscription that started when the customer's plan of the same product
 --                 line ended (billing.switch_plan): one entry, not a cancellation and a
---                 purchase;
+--                 purchase; or a move of a subscription to another product's version (a
+--                 switch made in Stripe);
 --   cancellation  a subscription's end (or its period end when set to cancel then), a
 --                 one-time purchase's revocation;
 --   refund        billing.refunds, with the money;
@@ -15,6 +16,7 @@
 --   item_grant    items a purchase granted (its included items, repeats, adjustments);
 --   item_expiry   what expired of a customer's items at an instant (from the fold: the
 --                 balance before, plus what changed, minus the balance after).
+-- The product of an entry is that of its version at the time.
 -- Entries between p_from (inclusive) and p_to (exclusive; now() when null). Amounts: the
 -- money of refunds; purchases and renewals carry no amount (API grants move no money, and
 -- Stripe's invoices are not copied here).
@@ -100,6 +102,16 @@ begin
             floor(extract(epoch from least(coalesce(s.end_at, 'infinity'), v_to) - s.started_at)
                   / extract(epoch from justify_days(s.every)) * 31 / 28)::integer + 1 end) k
         where s.started_at + k * s.every < least(coalesce(s.end_at, 'infinity'), v_to)
+        union all
+        select 'plan_switch:move:' || lpad(m.id::text, 19, '0'), m.moved_at, 'plan_switch', s.customer_type,
+               s.customer_id, b.product_id, m.to_version_id, null,
+               (case when s.refund_effective_at > m.moved_at then s.quantity_before else s.quantity end)::bigint,
+               null, null, 'subscription', s.id::text
+        from subs s
+        join billing.subscription_moves m on m.tenancy_id = p_tenancy_id and m.subscription_id = s.id
+        join billing.product_versions a on a.id = m.from_version_id
+        join billing.product_versions b on b.id = m.to_version_id
+        where a.product_id <> b.product_id
         union all
         select 'cancellation:subscription:' || s.id, s.end_at, 'cancellation', s.customer_type, s.customer_id,
                s.product_id, s.product_version_id, null, null, null, null, 'subscription', s.id::text
@@ -193,7 +205,9 @@ begin
         union all select * from items
         union all select * from expiries where expiries.quantity < 0
     )
-    select en.id, en.at, en.kind, en.customer_type, en.customer_id, en.product_id, en.version_id, en.item_id,
+    select en.id, en.at, en.kind, en.customer_type, en.customer_id,
+           coalesce((select v.product_id from billing.product_versions v where v.id = en.version_id), en.product_id),
+           en.version_id, en.item_id,
            en.quantity, en.amount, en.currency, en.source_kind, en.source_id
     from entries en
     where en.at >= v_from and en.at < v_to
