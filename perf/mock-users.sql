@@ -35,7 +35,7 @@ create temp table mock_users on commit drop as
 select n, md5(:'tenancy' || ':user:' || n)::uuid as id,
        timestamptz :'end_at' - ((n * 7919) % (365 * 86400)) * interval '1 second' - interval '1 second'
            as signed_up_at
-from generate_series(:first_n + 1, :first_n + :users) as n;
+from generate_series(:first_n::bigint + 1, :first_n::bigint + :users) as n;
 
 insert into app.users (tenancy_id, id, display_name, is_anonymous, signed_up_at, created_at, server_metadata)
 select :'tenancy', m.id, 'Mock User ' || m.n, m.n % 20 = 0, m.signed_up_at, m.signed_up_at,
