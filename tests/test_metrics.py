@@ -260,3 +260,27 @@ def test_deleting_a_tenancy_leaves_no_rollups(conn, data):
     for table in ("app.metrics_counters", "app.metrics_user_state", "app.metrics_active_days"):
         assert conn.execute(f"select count(*) as n from {table} where tenancy_id = %s", (t,)).fetchone()["n"] == 0
     assert metrics(conn, other)["total_users"] == 1
+
+
+def test_cli_summary_and_json(fresh_db):
+    """pyglue metrics --tenant: a summary for people, --json the whole object; an unknown tenancy fails."""
+    import json
+
+    import psycopg
+    from click.testing import CliRunner
+    from psycopg.rows import dict_row
+
+    from pyglue.cli import cli
+
+    with psycopg.connect(fresh_db, row_factory=dict_row, autocommit=True) as c:
+        t = factories.tenancy(c, "metrics_cli")
+        factories.user(c, t, "Ann")
+    out = CliRunner().invoke(cli, ["--dsn", fresh_db, "metrics", "--tenant", str(t), "--json"])
+    assert out.exit_code == 0, out.output
+    m = json.loads(out.output)
+    assert m["total_users"] == 1 and len(m["daily_users"]) == 31
+    out = CliRunner().invoke(cli, ["--dsn", fresh_db, "metrics", "--tenant", str(t)])
+    assert out.exit_code == 0 and out.output.startswith("users 1 (verified 0, unverified 1, anonymous 0)")
+    missing = "00000000-0000-4000-8000-000000000099"
+    out = CliRunner().invoke(cli, ["--dsn", fresh_db, "metrics", "--tenant", missing])
+    assert out.exit_code != 0 and str(out.exception) == f"no tenancy {missing}"  # main() prints it as one line
