@@ -6,7 +6,7 @@
 -- billing.owned_products answers what a customer owns at any time; billing.switch_plan
 -- moves a live plan to another product of its line, forward only, and a move to another
 -- product's version (a switch made in Stripe) is treated the same way by the ledger.
--- depends: 0016_item_ledger_chunks
+-- depends: 0017_metrics
 
 create table if not exists billing.refunds (
     tenancy_id      uuid not null references app.tenancies (id) on delete cascade,

@@ -1,4 +1,4 @@
--- Rollback of 0018: the metrics triggers, functions, rollup tables, the cache table and the
+-- Rollback of 0017: the metrics triggers, functions, rollup tables, the cache table and the
 -- trigram indexes go; pg_trgm too unless something else uses it (nothing older changed).
 drop trigger if exists _500_metrics_insert on app.users;
 drop trigger if exists _500_metrics_update on app.users;
