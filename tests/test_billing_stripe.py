@@ -809,3 +809,29 @@ def test_a_stripe_plan_switched_through_the_sdk_is_forward_only(db, env, sc, pla
                            " where kind in ('purchase', 'plan_switch') order by at", (tenancy, team)).fetchall()
     assert [(e["kind"], e["product_id"]) for e in entries] == [("purchase", "basic"), ("plan_switch", "pro")]
     assert entries[1]["at"] == moved_at
+
+
+def test_refund_of_a_stripe_one_time_purchase_refunds_its_payment_intent(db, env, sc, plan):
+    dsn, conn = db
+    tenancy, team = tenancy_with_team(conn)
+    upsert_product(conn, tenancy, "pack", {"display_name": "Pack", "customer_type": "team", "stackable": True,
+                                           "prices": {"once": {"amounts": {"USD": "20"}}},
+                                           "included_items": {"credits": {"quantity": 25, "expires": "never"}}})
+    cus = customer(sc, tenancy, "team", team)
+    pm = sc.v1.customers.retrieve(cus).invoice_settings.default_payment_method
+    intent = sc.v1.payment_intents.create(params={"amount": 4000, "currency": "usd", "customer": cus,
+                                                  "payment_method": pm, "confirm": True})
+    purchase = conn.execute(
+        "insert into billing.one_time_purchases (tenancy_id, customer_type, customer_id, product_id, product_version_id,"
+        " quantity, creation_source, stripe_payment_intent_id, purchased_at)"
+        " select %s, 'team', %s, 'pack', current_version_id, 2, 'stripe', %s, now() - interval '1 hour'"
+        " from billing.products where tenancy_id = %s and product_id = 'pack' returning id",
+        (tenancy, team, intent.id, tenancy)).fetchone()["id"]
+    done = refunds.refund_purchase(conn, tenancy, "one_time_purchase", purchase, 1, Decimal("20.00"))
+    refunded = sc.v1.refunds.retrieve(done.stripe_refund_id)
+    assert (refunded.amount, refunded.payment_intent, done.quantity_left) == (2000, intent.id, 1)
+    assert conn.execute("select billing.item_quantity(%s, 'team', %s, 'credits') as q",
+                        (tenancy, team)).fetchone()["q"] == 50  # granted items stay
+    with pytest.raises(PyglueError, match="has more decimals than USD allows"):
+        refunds.minor_units(Decimal("0.001"), "USD")
+    assert refunds.minor_units(Decimal("500"), "JPY") == 500
