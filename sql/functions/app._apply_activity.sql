@@ -42,7 +42,7 @@ begin
         select * from removed
     )
     insert into app.metrics_counters as c (tenancy_id, metric, bucket, is_anonymous, n)
-    select ch.tenancy_id, 'active', to_char(ch.day, 'YYYY-MM-DD'), s.is_anonymous,
+    select ch.tenancy_id, 'active', coalesce(to_char(ch.day, 'YYYY-MM-DD'), ch.day::text), s.is_anonymous,
            sum(case when ch.created then 1 else -1 end)
     from changed ch
     join app.metrics_user_state s on s.tenancy_id = ch.tenancy_id and s.user_id = ch.user_id

@@ -56,10 +56,10 @@ begin
         union all
         select tenancy_id, 'country', f_country, is_anonymous, 1 from n where moves
         union all
-        select tenancy_id, 'last_active', to_char((o_last at time zone 'UTC')::date, 'YYYY-MM-DD'), is_anonymous, -1
+        select tenancy_id, 'last_active', coalesce(to_char((o_last at time zone 'UTC')::date, 'YYYY-MM-DD'), o_last::text), is_anonymous, -1
         from n where o_last is not null and f_last is distinct from o_last
         union all
-        select tenancy_id, 'last_active', to_char((f_last at time zone 'UTC')::date, 'YYYY-MM-DD'), is_anonymous, 1
+        select tenancy_id, 'last_active', coalesce(to_char((f_last at time zone 'UTC')::date, 'YYYY-MM-DD'), f_last::text), is_anonymous, 1
         from n where f_last is distinct from o_last
     )
     insert into app.metrics_counters as k (tenancy_id, metric, bucket, is_anonymous, n)

@@ -85,10 +85,12 @@ begin
         cross join lateral (select coalesce(o.tenancy_id, f.tenancy_id) as tenancy_id,
                                    coalesce(o.user_id, f.user_id) as user_id) key
     ),
+    -- day buckets are 'YYYY-MM-DD'; an infinite time (a timestamptz may be one) is its own
+    -- bucket ('infinity', '-infinity'), which no day series reads
     deltas (tenancy_id, metric, bucket, is_anonymous, d) as (
-        select tenancy_id, 'signup', to_char(o_day, 'YYYY-MM-DD'), o_anon, -1 from pair where o_anon is not null
+        select tenancy_id, 'signup', coalesce(to_char(o_day, 'YYYY-MM-DD'), o_day::text), o_anon, -1 from pair where o_anon is not null
         union all
-        select tenancy_id, 'signup', to_char(f_day, 'YYYY-MM-DD'), f_anon, 1 from pair where f_anon is not null
+        select tenancy_id, 'signup', coalesce(to_char(f_day, 'YYYY-MM-DD'), f_day::text), f_anon, 1 from pair where f_anon is not null
         union all
         select tenancy_id, 'verified', '', o_anon, -1 from pair where o_verified
         union all
@@ -102,14 +104,14 @@ begin
         union all
         select tenancy_id, 'country', f_country, f_anon, 1 from pair where f_country is not null
         union all
-        select tenancy_id, 'last_active', to_char((o_last at time zone 'UTC')::date, 'YYYY-MM-DD'), o_anon, -1
+        select tenancy_id, 'last_active', coalesce(to_char((o_last at time zone 'UTC')::date, 'YYYY-MM-DD'), o_last::text), o_anon, -1
         from pair where o_last is not null
         union all
-        select tenancy_id, 'last_active', to_char((f_last at time zone 'UTC')::date, 'YYYY-MM-DD'), f_anon, 1
+        select tenancy_id, 'last_active', coalesce(to_char((f_last at time zone 'UTC')::date, 'YYYY-MM-DD'), f_last::text), f_anon, 1
         from pair where f_last is not null
         union all
         -- active days move only when the user appears, goes or changes its anonymous flag
-        select p.tenancy_id, 'active', to_char(a.day, 'YYYY-MM-DD'), x.anon, x.d
+        select p.tenancy_id, 'active', coalesce(to_char(a.day, 'YYYY-MM-DD'), a.day::text), x.anon, x.d
         from pair p
         join app.metrics_active_days a on a.tenancy_id = p.tenancy_id and a.user_id = p.user_id
         cross join lateral (values (p.o_anon, -1), (p.f_anon, 1)) as x(anon, d)
