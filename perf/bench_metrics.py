@@ -45,6 +45,8 @@ import click
 import psycopg
 from psycopg.rows import dict_row
 
+from psycopg.conninfo import make_conninfo
+
 from perf.bench_sequencer import fresh_database, machine_facts, run, write_block
 
 DATABASE = "bench_metrics"
@@ -122,12 +124,14 @@ def seed(dsn: str, tenancy: str, users: int, events: int, user_batch: int, event
 @click.option("--user-batch", default=100_000, show_default=True, help="Users per psql run of mock-users.sql.")
 @click.option("--event-batch", default=1_000_000, show_default=True, help="Events per psql run of the events seed.")
 @click.option("--dsn", default=DEBIAN, show_default=True, help="Server to create the bench database on.")
-def main(small_users, small_events, large_users, large_events, user_batch, event_batch, dsn) -> None:
+@click.option("--measure-only", is_flag=True,
+              help="Reuse the bench database as a previous run left it: no seeding, no ingest rows; sizes as found.")
+def main(small_users, small_events, large_users, large_events, user_batch, event_batch, dsn, measure_only) -> None:
     """Benchmark app.metrics, app.metrics_cached and app.list_users against naive queries."""
     command = (f"`.venv/bin/python -m perf.bench_metrics --small-users {small_users} --small-events {small_events}"
                f" --large-users {large_users} --large-events {large_events} --user-batch {user_batch}"
-               f" --event-batch {event_batch}`")
-    target = fresh_database(dsn, DATABASE)
+               f" --event-batch {event_batch}{' --measure-only' if measure_only else ''}`")
+    target = make_conninfo(dsn, dbname=DATABASE) if measure_only else fresh_database(dsn, DATABASE)
     end_at = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)
     now = end_at
     rows: list[Row] = []
@@ -137,18 +141,25 @@ def main(small_users, small_events, large_users, large_events, user_batch, event
         facts = machine_facts(conn)
         facts["settings"] = facts["settings"].replace(" (pgserver defaults); autovacuum off on measured tables",
                                                       " (server defaults)")
-        run(conn, "metrics_plain_events")
+        if measure_only:
+            sizes = {t: run(conn, "metrics_tenancy_sizes", {"tenancy_id": t}).fetchone() for t in (SMALL, LARGE)}
+            small_users, small_events = sizes[SMALL]["users"], sizes[SMALL]["events"]
+            large_users, large_events = sizes[LARGE]["users"], sizes[LARGE]["events"]
+            now = run(conn, "metrics_latest_activity", {"tenancy_id": LARGE}).fetchone()["at"]
+            conn.execute("analyze")
+        else:
+            run(conn, "metrics_plain_events")
 
-        # 1. small tenancy, ingest ratio
-        user_s, (event_s,) = seed(target, SMALL, small_users, small_events, small_users, small_events,
-                                  end_at.isoformat())
-        plain_s = psql(target, "mock-metric-events.sql", tenancy=SMALL, events=small_events, end_at=end_at.isoformat(),
-                       target="public.bench_plain_events", touch_users=0)
-        rows.append(Row(f"seed {small_users:,} users (mock-users.sql, rollups maintained)", f"{user_s:.1f} s"))
-        rows.append(Row(f"ingest {small_events:,} events with rollup triggers (one statement)",
-                        f"{small_events / event_s:,.0f} rows/s", f"{small_events / plain_s:,.0f} rows/s plain",
-                        f"{plain_s / event_s:.2f} of plain"))
-        conn.execute("vacuum analyze")
+            # 1. small tenancy, ingest ratio
+            user_s, (event_s,) = seed(target, SMALL, small_users, small_events, small_users, small_events,
+                                      end_at.isoformat())
+            plain_s = psql(target, "mock-metric-events.sql", tenancy=SMALL, events=small_events,
+                           end_at=end_at.isoformat(), target="public.bench_plain_events", touch_users=0)
+            rows.append(Row(f"seed {small_users:,} users (mock-users.sql, rollups maintained)", f"{user_s:.1f} s"))
+            rows.append(Row(f"ingest {small_events:,} events with rollup triggers (one statement)",
+                            f"{small_events / event_s:,.0f} rows/s", f"{small_events / plain_s:,.0f} rows/s plain",
+                            f"{plain_s / event_s:.2f} of plain"))
+            conn.execute("vacuum analyze")
         params = {"tenancy_id": SMALL, "anon": False, "now": now}
         fast = run(conn, "metrics_fast", params).fetchone()["m"]
         naive = run(conn, "metrics_naive", params).fetchone()["m"]
@@ -164,7 +175,7 @@ def main(small_users, small_events, large_users, large_events, user_batch, event
         rows.append(compared("app.metrics_cached hit (small)", median_ms(conn, "metrics_cached_call", params, 200),
                              median_ms(conn, "metrics_fast", params, 20), 2))
 
-        if large_users:
+        if large_users and not measure_only:
             # 3. large tenancy
             user_s, event_s = seed(target, LARGE, large_users, large_events, user_batch, event_batch,
                                    end_at.isoformat())
@@ -178,6 +189,7 @@ def main(small_users, small_events, large_users, large_events, user_batch, event
                             f"{statistics.median(rates):,.0f} rows/s median (first {rates[0]:,.0f}, last {rates[-1]:,.0f})",
                             f"{plain_rate:,.0f} rows/s plain", f"{statistics.median(rates) / plain_rate:.2f} of plain"))
             conn.execute("vacuum analyze")
+        if large_users:
             params = {"tenancy_id": LARGE, "anon": False, "now": now}
             fast_ms = median_ms(conn, "metrics_fast", params, 10)
             started = time.perf_counter()
@@ -227,7 +239,8 @@ def main(small_users, small_events, large_users, large_events, user_batch, event
             run(conn, "metrics_list_users", {"tenancy_id": LARGE, "limit": 50, "cursor": None,
                                              "query": "Mock User 777777"}).fetchall()
             run(conn, "metrics_explain_off")
-            plans = [n for n in notices if n.startswith("duration")]
+            # the statements that cost something (the per-user json lookups are logged too)
+            plans = [n for n in notices if n.startswith("duration") and float(n.split()[1]) >= 0.3][:12]
 
     block = results_block(facts, command, rows, checks, plans)
     write_block(BEGIN, END, block, HEADING)

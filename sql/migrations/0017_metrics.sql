@@ -694,8 +694,10 @@ begin
     select coalesce(sum(c.n), 0) into v_verified from app.metrics_counters c
     where c.tenancy_id = p_tenancy_id and c.metric = 'verified' and c.is_anonymous = any (v_anon);
 
-    if not exists (select 1 from app.events e
-                   where e.tenancy_id = p_tenancy_id and e.event_type = '$user-activity' and e.occurred_at > p_now) then
+    -- max() walks the (tenancy_id, event_type, occurred_at) index backwards to one row; an
+    -- EXISTS with "> p_now" got a generic plan that scanned the table
+    if coalesce((select max(e.occurred_at) from app.events e
+                 where e.tenancy_id = p_tenancy_id and e.event_type = '$user-activity') <= p_now, true) then
         -- no activity after p_now, so every last activity is at or before it: whole days
         -- after the window's first day (today included) from the counters, the first day's
         -- part after p_now - 30 days from the state index (few users: inactive since)
