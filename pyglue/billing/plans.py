@@ -32,7 +32,7 @@ def switch_plan(conn: psycopg.Connection, tenancy_id: uuid.UUID | str, subscript
             with conn.transaction():
                 return conn.execute(queries.load("billing_switch_plan"), params).fetchone()["subscription_id"]
         except psycopg.Error as exc:
-            raise stripe_billing._sql_error(exc) from exc
+            raise stripe_billing.sql_error(exc) from exc
     if row["current_version_id"] is None:
         raise PyglueError(f'no product "{product_id}" in tenancy {tenancy_id}')
     if not stripe_price:
@@ -49,10 +49,5 @@ def switch_plan(conn: psycopg.Connection, tenancy_id: uuid.UUID | str, subscript
     except stripe.StripeError as exc:
         raise PyglueError(f"Stripe refused the switch of Stripe subscription {row['stripe_subscription_id']}:"
                           f" {stripe_billing.error_line(exc, key)}") from exc
-    stripe_billing.sync_tenancy(conn, tenancy_id, customer=_customer(sub), api_key=key, api_base=api_base)
+    stripe_billing.sync_tenancy(conn, tenancy_id, customer=stripe_billing.object_id(sub["customer"]), api_key=key, api_base=api_base)
     return uuid.UUID(str(subscription_id))
-
-
-def _customer(sub) -> str:
-    customer = sub["customer"]
-    return customer if isinstance(customer, str) else customer["id"]

@@ -62,15 +62,11 @@ def refund_purchase(conn: psycopg.Connection, tenancy_id: uuid.UUID | str, purch
                 conn.execute(queries.load("billing_refund_stripe_id"), {
                     "tenancy_id": tenancy_id, "refund_id": refund_id, "stripe_refund_id": stripe_refund_id})
     except psycopg.Error as exc:
-        raise stripe_billing._sql_error(exc) from exc
+        raise stripe_billing.sql_error(exc) from exc
     except stripe.StripeError as exc:
         raise PyglueError(f"Stripe refused the refund, nothing was written: "
                           f"{stripe_billing.error_line(exc, key)}") from exc
     return Refund(refund_id, stripe_refund_id, purchase["quantity"])
-
-
-def _id(value: str | dict | None) -> str | None:
-    return value.get("id") if isinstance(value, dict) else value
 
 
 def _in_stripe(client: stripe.StripeClient, purchase: dict, tenancy_id, purchase_kind: str, purchase_id,
@@ -89,8 +85,8 @@ def _in_stripe(client: stripe.StripeClient, purchase: dict, tenancy_id, purchase
             raise PyglueError(f"Stripe subscription {sub.id} has no invoice to refund")
         else:
             invoice = client.v1.invoices.retrieve(sub.latest_invoice).to_dict()
-            charge = _id(invoice.get("charge"))  # an id, or the charge itself when expanded
-            payment = {"charge": charge} if charge else {"payment_intent": _id(invoice.get("payment_intent"))}
+            charge = stripe_billing.object_id(invoice.get("charge"))
+            payment = {"charge": charge} if charge else {"payment_intent": stripe_billing.object_id(invoice.get("payment_intent"))}
         if not any(payment.values()):
             raise PyglueError("the Stripe invoice has no payment to refund")
         refund_id = client.v1.refunds.create(params={**payment, "amount": minor_units(amount, currency)},

@@ -154,7 +154,12 @@ def _connection(conn_or_dsn: psycopg.Connection | str | None) -> Iterator[psycop
         yield conn
 
 
-def _sql_error(exc: psycopg.Error) -> PyglueError | psycopg.Error:
+def object_id(value: str | dict | None) -> str | None:
+    """The id of a Stripe reference: an id already, or the object itself when expanded."""
+    return value.get("id") if isinstance(value, dict) else value
+
+
+def sql_error(exc: psycopg.Error) -> PyglueError | psycopg.Error:
     """A refusal of billing's functions (bad data, unknown tenancy) as one PyglueError line."""
     if exc.sqlstate and exc.sqlstate[:2] in ("22", "23", "P0") and exc.diag.message_primary:
         return PyglueError(exc.diag.message_primary)
@@ -195,7 +200,7 @@ def sync_tenancy(conn_or_dsn: psycopg.Connection | str | None, tenancy_id: uuid.
                         "tenancy_id": tenancy, "rows": Jsonb(rows[start:start + batch_size]), "read_at": read_at,
                     }).fetchone()["written"]
             except psycopg.Error as exc:
-                raise _sql_error(exc) from None
+                raise sql_error(exc) from None
     return SyncResult(tenancy_id=tenancy, customer=customer, read=len(rows), written=written)
 
 
