@@ -86,7 +86,8 @@ def _in_stripe(client: stripe.StripeClient, purchase: dict, tenancy_id, purchase
         else:
             invoice = client.v1.invoices.retrieve(sub.latest_invoice).to_dict()
             charge = stripe_billing.object_id(invoice.get("charge"))
-            payment = {"charge": charge} if charge else {"payment_intent": stripe_billing.object_id(invoice.get("payment_intent"))}
+            intent = stripe_billing.object_id(invoice.get("payment_intent"))
+            payment = {"charge": charge} if charge else {"payment_intent": intent}
         if not any(payment.values()):
             raise PyglueError("the Stripe invoice has no payment to refund")
         refund_id = client.v1.refunds.create(params={**payment, "amount": minor_units(amount, currency)},
