@@ -7,11 +7,13 @@
 -- last page. Keyset pagination: a page costs the same at the start and at the end.
 -- p_query: case-insensitive substring of the display name or of any contact channel value
 -- (LIKE wildcards in it are literal). p_team_id: members of that team only.
--- How a filtered page is found: first by walking the (tenancy_id, signed_up_at, id) index
--- from the cursor, testing each user, for at most 2,000 users (fast when matches are
--- common); when that does not fill the page, from the set of matching users (the pg_trgm GIN
--- indexes where the extension is installed, a scan of users and channels where it is not;
--- or the team's members), sorted by the key.
+-- How a filtered page is found: the search rows app.user_search (lower-cased name and
+-- channel values, kept by trigger) are walked from the cursor in key order, at most 20,000
+-- of them (a few milliseconds; a page of a common term fills early); when that does not fill
+-- the page and users remain (setting app.list_users_walk changes the 20,000), the matching
+-- set is taken instead (the pg_trgm GIN index of
+-- app.user_search where the extension is installed, else a scan of the narrow search rows;
+-- or the team's members) and sorted by the key.
 -- Errors (22023): p_limit above 200 ("p_limit 500 exceeds the maximum page size 200") or
 -- below 1; a malformed cursor ("malformed cursor 'x'").
 create or replace function app.list_users(p_tenancy_id uuid, p_limit integer default 50, p_cursor text default null,
@@ -24,12 +26,14 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     c_max_limit constant integer := 200;
-    c_walk constant integer := 2000;
+    -- the setting lets tests make the walk short, so its fallback runs on small data
+    c_walk constant integer := coalesce(nullif(current_setting('app.list_users_walk', true), '')::integer, 20000);
     v_ts timestamptz;
     v_id uuid;
     v_parts text[];
     v_pattern text := case when nullif(p_query, '') is null then null
                            else '%' || replace(replace(replace(p_query, '\', '\\'), '%', '\%'), '_', '\_') || '%' end;
+    v_needle text := lower(nullif(p_query, ''));
     v_anon boolean[] := case when p_include_anonymous then array[false, true] else array[false] end;
     v_op text := case when p_desc then '<' else '>' end;
     v_dir text := case when p_desc then 'desc' else 'asc' end;
@@ -61,53 +65,55 @@ begin
     end if;
 
     v_keyset := case when v_ts is null then 'true'
-                     else format('(u.signed_up_at, u.id) %s ($2, $3)', v_op) end;
-    v_filter := 'u.is_anonymous = any ($4)'
-        || case when v_pattern is null then ''
-                else ' and (u.display_name ilike $5 or exists (select 1 from app.contact_channels c'
-                     || ' where c.tenancy_id = u.tenancy_id and c.user_id = u.id and c.value ilike $5))' end
+                     else format('(s.signed_up_at, s.user_id) %s ($2, $3)', v_op) end;
+    -- a line break in the query could match across two values of the haystack: those
+    -- matches are checked on the values themselves
+    v_filter := 's.is_anonymous = any ($4)'
+        || case when v_needle is null then ''
+                when position(chr(10) in v_needle) = 0 then ' and strpos(s.haystack, $5) > 0'
+                else ' and strpos(s.haystack, $5) > 0 and (exists (select 1 from app.users u where u.tenancy_id = $1'
+                     || ' and u.id = s.user_id and u.display_name ilike $9) or exists (select 1 from app.contact_channels c'
+                     || ' where c.tenancy_id = $1 and c.user_id = s.user_id and c.value ilike $9))' end
         || case when p_team_id is null then ''
-                else ' and exists (select 1 from app.team_members m where m.tenancy_id = u.tenancy_id'
-                     || ' and m.team_id = $6 and m.user_id = u.id)' end;
+                else ' and exists (select 1 from app.team_members m where m.tenancy_id = $1'
+                     || ' and m.team_id = $6 and m.user_id = s.user_id)' end;
 
-    -- 1. walk the key index from the cursor (all the way when only the anonymous flag filters)
+    -- 1. walk the search rows from the cursor (all the way when only the anonymous flag filters)
     execute format(
-        'select array_agg(app._user_json(w.r) order by w.signed_up_at %1$s, w.id %1$s),'
-        '       array_agg(to_char(w.signed_up_at at time zone ''UTC'', ''YYYY-MM-DD"T"HH24:MI:SS.US"Z"'') || ''/'' || w.id'
-        '                 order by w.signed_up_at %1$s, w.id %1$s)'
-        ' from (select u.r, u.signed_up_at, u.id'
-        '       from (select u as r, u.tenancy_id, u.id, u.signed_up_at, u.is_anonymous, u.display_name'
-        '             from app.users u where u.tenancy_id = $1 and %2$s'
-        '             order by u.signed_up_at %1$s, u.id %1$s limit $8) u'
-        '       where %3$s order by u.signed_up_at %1$s, u.id %1$s limit $7) w',
+        'select array_agg(app._user_json(u) order by w.signed_up_at %1$s, w.user_id %1$s),'
+        '       array_agg(to_char(w.signed_up_at at time zone ''UTC'', ''YYYY-MM-DD"T"HH24:MI:SS.US"Z"'') || ''/'' || w.user_id'
+        '                 order by w.signed_up_at %1$s, w.user_id %1$s)'
+        ' from (select s.user_id, s.signed_up_at'
+        '       from (select s.user_id, s.signed_up_at, s.is_anonymous, s.haystack'
+        '             from app.user_search s where s.tenancy_id = $1 and %2$s'
+        '             order by s.signed_up_at %1$s, s.user_id %1$s limit $8) s'
+        '       where %3$s order by s.signed_up_at %1$s, s.user_id %1$s limit $7) w'
+        ' join app.users u on u.tenancy_id = $1 and u.id = w.user_id',
         v_dir, v_keyset, v_filter)
     into v_rows, v_keys
-    using p_tenancy_id, v_ts, v_id, v_anon, v_pattern, p_team_id, p_limit + 1,
-          case when v_pattern is null and p_team_id is null then null else c_walk end;
+    using p_tenancy_id, v_ts, v_id, v_anon, v_needle, p_team_id, p_limit + 1,
+          case when v_needle is null and p_team_id is null then null else c_walk end, v_pattern;
 
     -- 2. not filled within the walk and users remain: page through the matching set instead
-    if coalesce(cardinality(v_rows), 0) <= p_limit and (v_pattern is not null or p_team_id is not null) then
-        execute format('select count(*) >= $4 from (select 1 from app.users u where u.tenancy_id = $1 and %s'
-                       ' order by u.signed_up_at %s, u.id %s limit $4) w', v_keyset, v_dir, v_dir)
+    if coalesce(cardinality(v_rows), 0) <= p_limit and (v_needle is not null or p_team_id is not null) then
+        execute format('select count(*) >= $4 from (select 1 from app.user_search s where s.tenancy_id = $1 and %s'
+                       ' order by s.signed_up_at %s, s.user_id %s limit $4) w', v_keyset, v_dir, v_dir)
         into v_more using p_tenancy_id, v_ts, v_id, c_walk;
         if v_more then
             execute format(
-                'with candidates as (%4$s)'
-                ' select array_agg(app._user_json(w.r) order by w.signed_up_at %1$s, w.id %1$s),'
-                '        array_agg(to_char(w.signed_up_at at time zone ''UTC'', ''YYYY-MM-DD"T"HH24:MI:SS.US"Z"'') || ''/'' || w.id'
-                '                  order by w.signed_up_at %1$s, w.id %1$s)'
-                ' from (select u as r, u.signed_up_at, u.id'
-                '       from candidates k join app.users u on u.tenancy_id = $1 and u.id = k.user_id'
-                '       where %2$s and %3$s order by u.signed_up_at %1$s, u.id %1$s limit $7) w',
+                'select array_agg(app._user_json(u) order by w.signed_up_at %1$s, w.user_id %1$s),'
+                '       array_agg(to_char(w.signed_up_at at time zone ''UTC'', ''YYYY-MM-DD"T"HH24:MI:SS.US"Z"'') || ''/'' || w.user_id'
+                '                 order by w.signed_up_at %1$s, w.user_id %1$s)'
+                ' from (select s.user_id, s.signed_up_at from app.user_search s'
+                '       where s.tenancy_id = $1 and %2$s and %3$s and %4$s'
+                '       order by s.signed_up_at %1$s, s.user_id %1$s limit $7) w'
+                ' join app.users u on u.tenancy_id = $1 and u.id = w.user_id',
                 v_dir, v_keyset, v_filter,
-                case when v_pattern is not null then
-                    'select u.id as user_id from app.users u where u.tenancy_id = $1 and u.display_name ilike $5'
-                    ' union select c.user_id from app.contact_channels c where c.tenancy_id = $1 and c.value ilike $5'
-                else
-                    'select m.user_id from app.team_members m where m.tenancy_id = $1 and m.team_id = $6'
-                end)
+                case when v_needle is not null then 's.haystack like $10'
+                     else 's.user_id in (select m.user_id from app.team_members m where m.tenancy_id = $1 and m.team_id = $6)' end)
             into v_rows, v_keys
-            using p_tenancy_id, v_ts, v_id, v_anon, v_pattern, p_team_id, p_limit + 1;
+            using p_tenancy_id, v_ts, v_id, v_anon, v_needle, p_team_id, p_limit + 1, null::integer, v_pattern,
+                  lower(v_pattern);
         end if;
     end if;
 
