@@ -284,30 +284,3 @@ def test_cli_summary_and_json(fresh_db):
     missing = "00000000-0000-4000-8000-000000000099"
     out = CliRunner().invoke(cli, ["--dsn", fresh_db, "metrics", "--tenant", missing])
     assert out.exit_code != 0 and str(out.exception) == f"no tenancy {missing}"  # main() prints it as one line
-
-
-def test_seeds_are_rerunnable_and_continue_the_numbering(fresh_db):
-    """perf/mock-users.sql twice adds the second batch; mock-metric-events.sql likewise; the
-    rollups they leave equal a rebuild."""
-    import shutil
-    import subprocess
-
-    import psycopg
-    from psycopg.rows import dict_row
-
-    from pyglue import paths
-
-    tenancy = "00000000-0000-4000-8000-00000000f00d"
-    for script, size in (("mock-users.sql", "users=60"), ("mock-users.sql", "users=60"),
-                         ("mock-metric-events.sql", "events=900"), ("mock-metric-events.sql", "events=900")):
-        subprocess.run([shutil.which("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", size, "-v",
-                        "end_at=2026-03-31 00:00:00+00", "-d", fresh_db, "-f", str(paths.ROOT / "perf" / script)],
-                       check=True, capture_output=True)
-    with psycopg.connect(fresh_db, row_factory=dict_row) as c:
-        names = c.execute("select count(*) as n, count(distinct display_name) as d, max((server_metadata->>'mock_n')::int)"
-                          " as top from app.users where tenancy_id = %s", (tenancy,)).fetchone()
-        assert names == {"n": 120, "d": 120, "top": 120}
-        assert c.execute("select count(*) as n from app.events where tenancy_id = %s", (tenancy,)).fetchone()["n"] == 1800
-        m = metrics(c, tenancy, True, at("2026-03-31 00:00:00"))
-        assert m["total_users"] == 120 and len(m["users_by_country"]) > 10 and m["auth_overview"]["total_teams"] == 3
-        assert_rollups_match_rebuild(c, tenancy)

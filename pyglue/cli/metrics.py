@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
-from pyglue import db, queries
+from pyglue import charts, db, queries
 from pyglue.errors import PyglueError
 
 
@@ -37,9 +38,20 @@ def summary(m: dict) -> str:
 @click.option("--tenant", "tenant", type=click.UUID, required=True, help="Tenancy id (uuid).")
 @click.option("--include-anonymous", is_flag=True, help="Count anonymous users too (MAU never counts them).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole app.metrics object as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True, path_type=Path), default=None,
+              help="Also write a PNG chart: daily sign-ups and active users over 31 days, top countries.")
 @click.pass_obj
-def metrics_cmd(obj, tenant, include_anonymous: bool, as_json: bool) -> None:
+def metrics_cmd(obj, tenant, include_anonymous: bool, as_json: bool, plot: Path | None) -> None:
     """Show a tenancy's dashboard metrics: users, 31-day series, countries, login methods."""
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise PyglueError(f"--plot {str(plot)!r}: the chart is a PNG, name the file *.png")
     with db.connect(obj.dsn, autocommit=True) as conn:
         m = dashboard(conn, tenant, include_anonymous)
     click.echo(json.dumps(m, indent=2) if as_json else summary(m))
+    if plot is not None:
+        try:
+            charts.write_png(m, plot, f"tenancy {tenant}")
+        except OSError as exc:
+            raise PyglueError(f"cannot write the chart to {str(plot)!r}: {exc.strerror or exc}") from None
+        if not as_json:
+            click.echo(f"chart written to {plot}")
