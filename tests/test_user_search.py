@@ -144,3 +144,55 @@ def test_truncate_of_users_leaves_no_search_rows(conn):
     conn.execute("truncate app.users cascade")
     assert conn.execute("select count(*) as n from app.user_search").fetchone()["n"] == 0
     assert_rollups_match_rebuild(conn, t)
+
+
+def _event_and_user_creation(fresh_db, connect, event_first: bool):
+    """T_first writes first and holds its transaction open; T_second writes and either waits
+    (the metrics lock) or finishes; T_first commits, then T_second. The rollups must equal a
+    rebuild: the event counts for the user whichever order the two ran in."""
+    setup = connect(fresh_db, autocommit=True)
+    t = factories.tenancy(setup, "metrics_race")
+    user_id = "00000000-0000-4000-8000-00000000a11c"
+    first, second, watcher = connect(fresh_db), connect(fresh_db), connect(fresh_db, autocommit=True)
+
+    def create_user(c):
+        c.execute("insert into app.users (tenancy_id, id, display_name, signed_up_at) values"
+                  " (%s, %s, 'Racer', '2026-03-01 10:00+00')", (t, user_id))
+
+    def add_event(c):
+        event(c, t, user_id, "2026-03-02 09:00", "DE")
+
+    first_write, second_write = (add_event, create_user) if event_first else (create_user, add_event)
+    first_write(first)
+    errors = []
+
+    def run_second():
+        try:
+            second_write(second)
+        except Exception as exc:  # reported by the main thread
+            errors.append(exc)
+
+    runner = threading.Thread(target=run_second)
+    runner.start()
+    runner.join(1.0)
+    waited = runner.is_alive()
+    if waited:
+        wait_until_blocked(watcher, second)
+    first.commit()
+    runner.join(30)
+    assert not runner.is_alive() and errors == []
+    second.commit()
+    check = connect(fresh_db)
+    assert_rollups_match_rebuild(check, t)
+    m = check.execute("select app.metrics(%s, false, '2026-03-03') as m", (t,)).fetchone()["m"]
+    assert m["users_by_country"] == {"DE": 1} and m["auth_overview"]["mau"] == 1
+    assert {d["date"]: d["activity"] for d in m["daily_active_users"]}["2026-03-02"] == 1
+    assert waited, "the second writer did not wait for the first"
+
+
+def test_an_event_written_while_its_user_is_created_counts(fresh_db, connect):
+    _event_and_user_creation(fresh_db, connect, event_first=False)
+
+
+def test_a_user_created_while_its_event_is_written_counts(fresh_db, connect):
+    _event_and_user_creation(fresh_db, connect, event_first=True)

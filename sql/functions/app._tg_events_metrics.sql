@@ -4,7 +4,9 @@
 -- country (app._apply_latest_activity): no per-row work, two set-based calls. Deletes and
 -- updates subtract (and add) active days, then re-read last activity and latest country of
 -- the users concerned from app.events (app._refresh_user_metrics), since a deleted event may
--- have been the latest one.
+-- have been the latest one. The tenancies' metrics lock is taken shared first
+-- (app._lock_user_activity): a user being created meanwhile is then either seen here or
+-- reads these events itself.
 create or replace function app._tg_events_metrics()
 returns trigger
 language plpgsql
@@ -12,6 +14,14 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+    if tg_op in ('INSERT', 'UPDATE') then
+        perform app._lock_user_activity(array_agg(n.tenancy_id), false)
+        from new_rows n where n.event_type = '$user-activity' and n.user_id is not null;
+    end if;
+    if tg_op in ('DELETE', 'UPDATE') then
+        perform app._lock_user_activity(array_agg(o.tenancy_id), false)
+        from old_rows o where o.event_type = '$user-activity' and o.user_id is not null;
+    end if;
     if tg_op = 'INSERT' then
         perform app._apply_activity(array_agg(a.tenancy_id), array_agg(a.user_id), array_agg(a.day), array_agg(a.n))
         from (select n.tenancy_id, n.user_id, (n.occurred_at at time zone 'UTC')::date as day, count(*) as n

@@ -1,5 +1,6 @@
 -- Rollback of 0019: the search rows, their triggers and the TRUNCATE triggers go;
--- app.list_users gets back its 0017 definition (copied below) and the two trigram indexes.
+-- app.list_users and the users and events metrics triggers get back their 0017 definitions
+-- (copied below), and the two trigram indexes come back.
 drop trigger if exists _510_user_search_insert on app.users;
 drop trigger if exists _510_user_search_update on app.users;
 drop trigger if exists _510_user_search_delete on app.users;
@@ -14,6 +15,114 @@ drop trigger if exists _510_metrics_truncate on app.teams;
 drop function if exists app._tg_truncate_metrics();
 drop function if exists app._tg_user_search();
 drop function if exists app._refresh_user_search(uuid[], uuid[]);
+-- copied from sql/functions/app._tg_users_metrics.sql as of 0017_metrics
+-- app._tg_users_metrics(): statement-level AFTER INSERT / UPDATE / DELETE trigger of
+-- app.users (UPDATE only of the columns metrics read: tenancy_id, id, is_anonymous,
+-- signed_up_at). Refreshes the metrics state of every user the statement added, changed or
+-- removed (app._refresh_user_metrics), in the same transaction: sign-ups per day, the
+-- anonymous split of every counter, and the counts a deleted user leaves.
+-- SECURITY DEFINER: a role that may write users need not be able to write rollups.
+create or replace function app._tg_users_metrics()
+returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    -- a transition table the trigger does not have cannot be named: one branch per operation
+    if tg_op = 'INSERT' then
+        perform app._refresh_user_metrics(array_agg(n.tenancy_id), array_agg(n.id), false, false)
+        from new_rows n;
+    elsif tg_op = 'DELETE' then
+        perform app._refresh_user_metrics(array_agg(o.tenancy_id), array_agg(o.id), false, true)
+        from old_rows o;
+    else
+        -- a FULL JOIN is planned as a hash or merge join, never as a nested loop over two
+        -- transition tables (the sequencer's stamping updates are large and change nothing here)
+        perform app._refresh_user_metrics(array_agg(x.tenancy_id), array_agg(x.id), false, true)
+        from new_rows n
+        full join old_rows o on o.tenancy_id = n.tenancy_id and o.id = n.id
+        cross join lateral (values (n.tenancy_id, n.id), (o.tenancy_id, o.id)) as x(tenancy_id, id)
+        where x.id is not null
+          and (n.id is null or o.id is null
+               or n.is_anonymous <> o.is_anonymous or n.signed_up_at <> o.signed_up_at)
+        having count(*) > 0;
+    end if;
+    return null;
+end;
+$$;
+
+comment on function app._tg_users_metrics() is
+    'Statement trigger of app.users: refresh the metrics state of added, changed and removed users.';
+
+-- copied from sql/functions/app._tg_events_metrics.sql as of 0017_metrics
+-- app._tg_events_metrics(): statement-level AFTER INSERT / UPDATE / DELETE trigger of
+-- app.events. Only '$user-activity' events with a user count. Inserts add to the users'
+-- active days (app._apply_activity) and fold into their last active time and latest
+-- country (app._apply_latest_activity): no per-row work, two set-based calls. Deletes and
+-- updates subtract (and add) active days, then re-read last activity and latest country of
+-- the users concerned from app.events (app._refresh_user_metrics), since a deleted event may
+-- have been the latest one.
+create or replace function app._tg_events_metrics()
+returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if tg_op = 'INSERT' then
+        perform app._apply_activity(array_agg(a.tenancy_id), array_agg(a.user_id), array_agg(a.day), array_agg(a.n))
+        from (select n.tenancy_id, n.user_id, (n.occurred_at at time zone 'UTC')::date as day, count(*) as n
+              from new_rows n
+              where n.event_type = '$user-activity' and n.user_id is not null
+              group by 1, 2, 3) a;
+        perform app._apply_latest_activity(array_agg(l.tenancy_id), array_agg(l.user_id), array_agg(l.last_at),
+                                           array_agg(l.country_code), array_agg(l.country_at),
+                                           array_agg(l.country_event_id))
+        from (select n.tenancy_id, n.user_id, max(n.occurred_at) as last_at,
+                     (array_agg(n.country_code order by n.occurred_at desc, n.id desc)
+                          filter (where n.country_code is not null))[1] as country_code,
+                     (array_agg(n.occurred_at order by n.occurred_at desc, n.id desc)
+                          filter (where n.country_code is not null))[1] as country_at,
+                     (array_agg(n.id order by n.occurred_at desc, n.id desc)
+                          filter (where n.country_code is not null))[1] as country_event_id
+              from new_rows n
+              where n.event_type = '$user-activity' and n.user_id is not null
+              group by 1, 2) l;
+    elsif tg_op = 'DELETE' then
+        perform app._apply_activity(array_agg(a.tenancy_id), array_agg(a.user_id), array_agg(a.day), array_agg(-a.n))
+        from (select o.tenancy_id, o.user_id, (o.occurred_at at time zone 'UTC')::date as day, count(*) as n
+              from old_rows o
+              where o.event_type = '$user-activity' and o.user_id is not null
+              group by 1, 2, 3) a;
+        perform app._refresh_user_metrics(array_agg(k.tenancy_id), array_agg(k.user_id), true, true)
+        from (select distinct o.tenancy_id, o.user_id from old_rows o
+              where o.event_type = '$user-activity' and o.user_id is not null) k
+        having count(*) > 0;
+    else
+        perform app._apply_activity(array_agg(a.tenancy_id), array_agg(a.user_id), array_agg(a.day), array_agg(a.n))
+        from (select x.tenancy_id, x.user_id, (x.occurred_at at time zone 'UTC')::date as day, sum(x.d) as n
+              from (select n.tenancy_id, n.user_id, n.occurred_at, 1 as d from new_rows n
+                    where n.event_type = '$user-activity' and n.user_id is not null
+                    union all
+                    select o.tenancy_id, o.user_id, o.occurred_at, -1 from old_rows o
+                    where o.event_type = '$user-activity' and o.user_id is not null) x
+              group by 1, 2, 3) a;
+        perform app._refresh_user_metrics(array_agg(k.tenancy_id), array_agg(k.user_id), true, true)
+        from (select n.tenancy_id, n.user_id from new_rows n
+              where n.event_type = '$user-activity' and n.user_id is not null
+              union
+              select o.tenancy_id, o.user_id from old_rows o
+              where o.event_type = '$user-activity' and o.user_id is not null) k
+        having count(*) > 0;
+    end if;
+    return null;
+end;
+$$;
+
+comment on function app._tg_events_metrics() is
+    'Statement trigger of app.events: maintain active days, last activity and latest country of users.';
+drop function if exists app._lock_user_activity(uuid[], boolean);
 drop table if exists app.user_search;
 do $trgm$
 declare

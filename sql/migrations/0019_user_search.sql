@@ -3,7 +3,9 @@
 -- kept by statement triggers of app.users and app.contact_channels in the same transaction.
 -- app.list_users walks these narrow rows instead of users joined to channels, and searches
 -- them with one trigram GIN index (where pg_trgm is installed) instead of two, or by a scan
--- of the narrow rows where it is not. TRUNCATE of a metrics source rebuilds the rollups.
+-- of the narrow rows where it is not. TRUNCATE of a metrics source rebuilds the rollups. A
+-- per-tenancy metrics lock makes an activity event and the creation of its user, written at
+-- the same time, see one another (app._lock_user_activity).
 -- depends: 0018_refunds
 
 create table if not exists app.user_search (
@@ -34,6 +36,164 @@ begin
     end if;
 end;
 $trgm$;
+
+-- copied from sql/functions/app._lock_user_activity.sql
+-- app._lock_user_activity(p_tenancy_ids uuid[], p_exclusive boolean): the metrics lock of
+-- each distinct tenancy (a transaction advisory lock, in tenancy order), exclusive for a
+-- statement that creates, deletes or re-keys users or flips their anonymous flag, shared for
+-- one that writes activity events. Without it an event committed while its user was being
+-- created (two transactions in flight) was missed by both: the event's trigger found no user
+-- state to fold into, and the user's refresh read events before the event was committed.
+-- With it the later of the two waits for the earlier to commit, and then reads what it wrote.
+-- Event writers do not wait for each other; user writers of one tenancy already wait for one
+-- another on the day's sign-up counter row. STRICT: null arrays lock nothing.
+create or replace function app._lock_user_activity(p_tenancy_ids uuid[], p_exclusive boolean)
+returns void
+language plpgsql
+strict
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_tenancy uuid;
+begin
+    for v_tenancy in select distinct t from unnest(p_tenancy_ids) as t where t is not null order by 1 loop
+        if p_exclusive then
+            perform pg_advisory_xact_lock(hashtextextended('app.metrics user activity|' || v_tenancy, 0));
+        else
+            perform pg_advisory_xact_lock_shared(hashtextextended('app.metrics user activity|' || v_tenancy, 0));
+        end if;
+    end loop;
+end;
+$$;
+
+comment on function app._lock_user_activity(uuid[], boolean) is
+    'Per-tenancy metrics lock: exclusive for user creation/deletion/flag changes, shared for activity events.';
+
+-- copied from sql/functions/app._tg_users_metrics.sql
+-- app._tg_users_metrics(): statement-level AFTER INSERT / UPDATE / DELETE trigger of
+-- app.users (UPDATE only of the columns metrics read: tenancy_id, id, is_anonymous,
+-- signed_up_at). Refreshes the metrics state of every user the statement added, changed or
+-- removed (app._refresh_user_metrics), in the same transaction: sign-ups per day, the
+-- anonymous split of every counter, and the counts a deleted user leaves.
+-- Takes the tenancies' metrics lock exclusively first (app._lock_user_activity), so an
+-- activity event written at the same time is either seen by the refresh or sees the state.
+-- SECURITY DEFINER: a role that may write users need not be able to write rollups.
+create or replace function app._tg_users_metrics()
+returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_tenancy_ids uuid[];
+    v_user_ids uuid[];
+begin
+    -- a transition table the trigger does not have cannot be named: one branch per operation
+    if tg_op = 'INSERT' then
+        select array_agg(n.tenancy_id), array_agg(n.id) into v_tenancy_ids, v_user_ids from new_rows n;
+    elsif tg_op = 'DELETE' then
+        select array_agg(o.tenancy_id), array_agg(o.id) into v_tenancy_ids, v_user_ids from old_rows o;
+    else
+        -- a FULL JOIN is planned as a hash or merge join, never as a nested loop over two
+        -- transition tables (the sequencer's stamping updates are large and change nothing here)
+        select array_agg(x.tenancy_id), array_agg(x.id) into v_tenancy_ids, v_user_ids
+        from new_rows n
+        full join old_rows o on o.tenancy_id = n.tenancy_id and o.id = n.id
+        cross join lateral (values (n.tenancy_id, n.id), (o.tenancy_id, o.id)) as x(tenancy_id, id)
+        where x.id is not null
+          and (n.id is null or o.id is null
+               or n.is_anonymous <> o.is_anonymous or n.signed_up_at <> o.signed_up_at);
+    end if;
+    if v_user_ids is not null then
+        perform app._lock_user_activity(v_tenancy_ids, true);
+        -- inserted users are invisible to others: no row locks needed
+        perform app._refresh_user_metrics(v_tenancy_ids, v_user_ids, false, tg_op <> 'INSERT');
+    end if;
+    return null;
+end;
+$$;
+
+comment on function app._tg_users_metrics() is
+    'Statement trigger of app.users: refresh the metrics state of added, changed and removed users.';
+
+-- copied from sql/functions/app._tg_events_metrics.sql
+-- app._tg_events_metrics(): statement-level AFTER INSERT / UPDATE / DELETE trigger of
+-- app.events. Only '$user-activity' events with a user count. Inserts add to the users'
+-- active days (app._apply_activity) and fold into their last active time and latest
+-- country (app._apply_latest_activity): no per-row work, two set-based calls. Deletes and
+-- updates subtract (and add) active days, then re-read last activity and latest country of
+-- the users concerned from app.events (app._refresh_user_metrics), since a deleted event may
+-- have been the latest one. The tenancies' metrics lock is taken shared first
+-- (app._lock_user_activity): a user being created meanwhile is then either seen here or
+-- reads these events itself.
+create or replace function app._tg_events_metrics()
+returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if tg_op in ('INSERT', 'UPDATE') then
+        perform app._lock_user_activity(array_agg(n.tenancy_id), false)
+        from new_rows n where n.event_type = '$user-activity' and n.user_id is not null;
+    end if;
+    if tg_op in ('DELETE', 'UPDATE') then
+        perform app._lock_user_activity(array_agg(o.tenancy_id), false)
+        from old_rows o where o.event_type = '$user-activity' and o.user_id is not null;
+    end if;
+    if tg_op = 'INSERT' then
+        perform app._apply_activity(array_agg(a.tenancy_id), array_agg(a.user_id), array_agg(a.day), array_agg(a.n))
+        from (select n.tenancy_id, n.user_id, (n.occurred_at at time zone 'UTC')::date as day, count(*) as n
+              from new_rows n
+              where n.event_type = '$user-activity' and n.user_id is not null
+              group by 1, 2, 3) a;
+        perform app._apply_latest_activity(array_agg(l.tenancy_id), array_agg(l.user_id), array_agg(l.last_at),
+                                           array_agg(l.country_code), array_agg(l.country_at),
+                                           array_agg(l.country_event_id))
+        from (select n.tenancy_id, n.user_id, max(n.occurred_at) as last_at,
+                     (array_agg(n.country_code order by n.occurred_at desc, n.id desc)
+                          filter (where n.country_code is not null))[1] as country_code,
+                     (array_agg(n.occurred_at order by n.occurred_at desc, n.id desc)
+                          filter (where n.country_code is not null))[1] as country_at,
+                     (array_agg(n.id order by n.occurred_at desc, n.id desc)
+                          filter (where n.country_code is not null))[1] as country_event_id
+              from new_rows n
+              where n.event_type = '$user-activity' and n.user_id is not null
+              group by 1, 2) l;
+    elsif tg_op = 'DELETE' then
+        perform app._apply_activity(array_agg(a.tenancy_id), array_agg(a.user_id), array_agg(a.day), array_agg(-a.n))
+        from (select o.tenancy_id, o.user_id, (o.occurred_at at time zone 'UTC')::date as day, count(*) as n
+              from old_rows o
+              where o.event_type = '$user-activity' and o.user_id is not null
+              group by 1, 2, 3) a;
+        perform app._refresh_user_metrics(array_agg(k.tenancy_id), array_agg(k.user_id), true, true)
+        from (select distinct o.tenancy_id, o.user_id from old_rows o
+              where o.event_type = '$user-activity' and o.user_id is not null) k
+        having count(*) > 0;
+    else
+        perform app._apply_activity(array_agg(a.tenancy_id), array_agg(a.user_id), array_agg(a.day), array_agg(a.n))
+        from (select x.tenancy_id, x.user_id, (x.occurred_at at time zone 'UTC')::date as day, sum(x.d) as n
+              from (select n.tenancy_id, n.user_id, n.occurred_at, 1 as d from new_rows n
+                    where n.event_type = '$user-activity' and n.user_id is not null
+                    union all
+                    select o.tenancy_id, o.user_id, o.occurred_at, -1 from old_rows o
+                    where o.event_type = '$user-activity' and o.user_id is not null) x
+              group by 1, 2, 3) a;
+        perform app._refresh_user_metrics(array_agg(k.tenancy_id), array_agg(k.user_id), true, true)
+        from (select n.tenancy_id, n.user_id from new_rows n
+              where n.event_type = '$user-activity' and n.user_id is not null
+              union
+              select o.tenancy_id, o.user_id from old_rows o
+              where o.event_type = '$user-activity' and o.user_id is not null) k
+        having count(*) > 0;
+    end if;
+    return null;
+end;
+$$;
+
+comment on function app._tg_events_metrics() is
+    'Statement trigger of app.events: maintain active days, last activity and latest country of users.';
 
 -- copied from sql/functions/app._refresh_user_search.sql
 -- app._refresh_user_search(p_tenancy_ids uuid[], p_user_ids uuid[]): bring the search rows of
@@ -172,7 +332,8 @@ comment on function app._tg_truncate_metrics() is
 -- How a filtered page is found: the search rows app.user_search (lower-cased name and
 -- channel values, kept by trigger) are walked from the cursor in key order, at most 20,000
 -- of them (a few milliseconds; a page of a common term fills early); when that does not fill
--- the page and users remain, the matching set is taken instead (the pg_trgm GIN index of
+-- the page and users remain (setting app.list_users_walk changes the 20,000), the matching
+-- set is taken instead (the pg_trgm GIN index of
 -- app.user_search where the extension is installed, else a scan of the narrow search rows;
 -- or the team's members) and sorted by the key.
 -- Errors (22023): p_limit above 200 ("p_limit 500 exceeds the maximum page size 200") or
@@ -187,7 +348,8 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     c_max_limit constant integer := 200;
-    c_walk constant integer := 20000;
+    -- the setting lets tests make the walk short, so its fallback runs on small data
+    c_walk constant integer := coalesce(nullif(current_setting('app.list_users_walk', true), '')::integer, 20000);
     v_ts timestamptz;
     v_id uuid;
     v_parts text[];
