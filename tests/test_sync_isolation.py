@@ -142,7 +142,7 @@ def test_a_slow_mapping_hits_the_statement_timeout(fresh_db, connect, make_datab
     world = make_world(fresh_db, connect, make_database)
     f.user(world.conn, world.tenancy)
     world.add_target()
-    slow = ALL_USERS.replace("u.display_name from", "u.display_name || pg_sleep(2)::text from")
+    slow = ALL_USERS.replace("u.display_name from", "u.display_name || pg_sleep(2)::text as display_name from")
     chosen = mappings.load_all([write_mapping(tmp_path, "slow", slow)], validate=False)  # pg_sleep is refused
     chosen = mappings.select(chosen, ["slow"])
     result = engine.sync_until_caught_up(world.dsn, world.tenancy, chosen,

@@ -1,9 +1,10 @@
 """The sync engine: for one tenancy, bring every enabled target up to date, mapping by mapping.
 
 Per target: lock (tenancy, target) on the target, create the cursor table and mapping
-tables once, then page through each mapping: fetch a page over the fetch login, isolated
-by the database (pyglue.sync.fetch), reduce it to the last change per key, apply it to the
-target in one transaction with the cursor. A target that fails is recorded (error,
+tables once, then page through each mapping: the fetch of a page runs over the fetch login,
+isolated by the database (pyglue.sync.fetch), and is copied out as COPY text into the
+target's COPY; the target keeps the last change per key and applies it in one transaction
+with the cursor. A target that fails is recorded (error,
 backoff) and the others go on.
 """
 
@@ -173,16 +174,15 @@ def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict,
             for _ in range(options.max_pages):
                 if options.stop.is_set():
                     raise Stopped()
-                page = fetch_page(source, tenancy_id, mapping, cursor, options)
-                if page is None:
+                moved = transfer_page(source, tables, tenancy_id, mapping, cursor, options)
+                if moved is None:
                     break
-                tables.apply(mapping, page, cursor)
-                cursor = page.last_sequence_id
+                cursor, fetched = moved
                 _mirror_cursor(source, target["id"], mapping, cursor)
-                applied += page.fetched
-                options.on_rows(page.fetched)
+                applied += fetched
+                options.on_rows(fetched)
                 options.on_page()
-                if page.fetched < options.page_size:
+                if fetched < options.page_size:
                     break
             else:
                 raise PyglueError(f"mapping {mapping.name} was not caught up after {options.max_pages} pages in one "
@@ -190,36 +190,66 @@ def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict,
     return applied
 
 
-def fetch_page(source: fetch.SourceConnection, tenancy_id: uuid.UUID, mapping: Mapping, cursor: int,
-               options: Options) -> Page | None:
-    """The next page of a mapping after cursor, read under tenant isolation over the fetch
-    login (pyglue.sync.fetch); None when caught up. A page is at most options.page_size rows,
-    in strictly increasing sequence order, none beyond the last id the sequencer handed out."""
+def transfer_page(source: fetch.SourceConnection, tables: TargetTables, tenancy_id: uuid.UUID, mapping: Mapping,
+                  cursor: int, options: Options) -> tuple[int, int] | None:
+    """Move the next page of a mapping after cursor from the source to the target: the fetch
+    (under tenant isolation, over the fetch login) is copied out as COPY text straight into the
+    target's COPY, no value parsed in Python; the target checks the page's sequence ids and
+    applies it with the cursor in one transaction (TargetTables.apply_stream). Returns (new
+    cursor, rows fetched), or None when caught up."""
+    _check_fusebox(source)
+    with fetch.stream_rows(source, tenancy_id, mapping.name, mapping.fetch_sql,
+                           {"tenancy_id": tenancy_id, "cursor": cursor, "limit": options.page_size},
+                           options.page_size, options.statement_timeout_ms) as rows:
+        check_columns(mapping, rows.names)
+        return tables.apply_stream(mapping, rows.names[2:], cursor, rows.copy_to, lambda: _handed_out(source))
+
+
+def _check_fusebox(source: psycopg.Connection) -> None:
     with source.transaction():
         if not source.execute("select sync_enabled from pyglue.fusebox").fetchone()["sync_enabled"]:
             raise SyncDisabled()
+
+
+def _handed_out(source: psycopg.Connection) -> int:
+    """The last id the sequencer handed out: no page may hold a later one."""
+    with source.transaction():
+        return source.execute("select last_value from pyglue.change_sequence").fetchone()["last_value"]
+
+
+def fetch_page(source: fetch.SourceConnection, tenancy_id: uuid.UUID, mapping: Mapping, cursor: int,
+               options: Options) -> Page | None:
+    """The next page of a mapping after cursor as Python values, reduced to the last change
+    of each key (pyglue targets verify reads the mapping's output this way); None when caught
+    up. Checked like a streamed page: at most options.page_size rows, in strictly increasing
+    sequence order, none beyond the last id the sequencer handed out."""
+    _check_fusebox(source)
     names, rows = fetch.fetch_rows(source, tenancy_id, mapping.name, mapping.fetch_sql,
                                    {"tenancy_id": tenancy_id, "cursor": cursor, "limit": options.page_size},
                                    options.page_size, options.statement_timeout_ms)
     if not rows:
         return None
     page = reduce_page(mapping, names, rows)
-    with source.transaction():
-        handed_out = source.execute("select last_value from pyglue.change_sequence").fetchone()["last_value"]
+    handed_out = _handed_out(source)
     if rows[0][0] <= cursor or page.last_sequence_id > handed_out:
         raise PyglueError(f"mapping {mapping.name}: fetch returned sequence ids outside ({cursor}, {handed_out}]"
                           f" ({rows[0][0]}..{page.last_sequence_id}); it must read rows after %(cursor)s only")
     return page
 
 
-def reduce_page(mapping: Mapping, names: list[str], rows: list[tuple]) -> Page:
-    """Keep only the last change of each key (rows arrive in sequence order)."""
+def check_columns(mapping: Mapping, names: list[str]) -> None:
+    """A fetch returns sequence_id and is_deleted first, then columns that include the key."""
     if names[:2] != ["sequence_id", "is_deleted"]:
         raise PyglueError(f"mapping {mapping.name}: fetch must return sequence_id, is_deleted first, got {names[:2]}")
-    columns = names[2:]
-    missing = [k for k in mapping.key_columns if k not in columns]
+    missing = [k for k in mapping.key_columns if k not in names[2:]]
     if missing:
         raise PyglueError(f"mapping {mapping.name}: fetch does not return key column {missing[0]}")
+
+
+def reduce_page(mapping: Mapping, names: list[str], rows: list[tuple]) -> Page:
+    """Keep only the last change of each key (rows arrive in sequence order)."""
+    check_columns(mapping, names)
+    columns = names[2:]
     key_at = [columns.index(k) + 2 for k in mapping.key_columns]
     last: dict[tuple, tuple] = {}
     previous = None

@@ -15,8 +15,9 @@ the one `PYGLUE_FETCH_DSN` names), never over the engine's main connection:
   nothing it did survives (large objects, NOTIFY, sequence calls, temp tables); then the
   session is discarded (`DISCARD ALL`: session advisory locks, settings, prepared
   statements), so one mapping leaves nothing for the next;
-- the query runs as a server-side cursor, which Postgres accepts only for one SELECT, and
-  at most limit + 1 rows are read whatever the query does.
+- the query is declared as a server-side cursor, which Postgres accepts only for one
+  SELECT, and at most limit + 1 rows are read whatever the query does; a sync then copies
+  the same text out as COPY (...) TO STDOUT, unparsed (stream_rows).
 
 Template validation (pyglue.sync.validate) refuses hostile SQL earlier, but none of the
 above depends on it.
@@ -26,8 +27,12 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import tuple_row
 from psycopg.types.string import TextLoader
@@ -46,6 +51,12 @@ _AS_TEXT = ("json", "jsonb", "numeric", "timestamptz", "timestamp", "date", "tim
 # Errors whose message Postgres builds from the query text and the catalog, never from row
 # values: kept in status. For every other error only its condition name and SQLSTATE are.
 _MESSAGE_KEPT = {"42601", "42703", "42883", "42501", "42P10", "42803", "42804", "25006", "57014"}
+
+# The fetch transaction's statement timeout, and text output any target reads the same way
+# (COPY passes the server's text on unparsed).
+_SETTINGS = """select set_config('statement_timeout', %s, true), set_config('datestyle', 'ISO, YMD', true),
+                      set_config('intervalstyle', 'postgres', true), set_config('extra_float_digits', '3', true),
+                      set_config('bytea_output', 'hex', true), set_config('timezone', 'UTC', true)"""
 
 _SAFETY = """
 select r.rolsuper or r.rolbypassrls or r.rolcreaterole or r.rolreplication as powerful,
@@ -108,35 +119,98 @@ def _connect_fetcher(source: psycopg.Connection, dsn: str) -> psycopg.Connection
     return conn
 
 
-def fetch_rows(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping_name: str, fetch_sql: str,
-               params: dict, limit: int, statement_timeout_ms: int) -> tuple[list[str], list[tuple]]:
-    """Run a mapping's fetch for one tenancy over the fetch login: column names and at most
-    limit rows (more is an error). The transaction is rolled back, the session discarded."""
+@contextmanager
+def _fetch_session(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping_name: str,
+                   statement_timeout_ms: int) -> Iterator[psycopg.Connection]:
+    """The fetch login's connection in a read-only transaction bound to the tenancy, with a
+    statement timeout and fixed text settings. The transaction is rolled back and the session
+    discarded afterwards, whatever happened inside."""
     fetcher = source.fetcher() if isinstance(source, SourceConnection) else _unsupported(source)
     try:
         with fetcher.transaction():
-            fetcher.execute("set transaction read only")
-            pid, started, xact = fetcher.execute(
-                "select pg_backend_pid(), (select a.backend_start from pg_stat_get_activity(pg_backend_pid()) a),"
-                " pg_current_xact_id()::text").fetchone()
-            with source.transaction():
-                source.execute(queries.load("open_fetch_session"),
-                               {"pid": pid, "backend_start": started, "xact": xact, "tenancy_id": tenancy_id})
-            fetcher.execute("select set_config('statement_timeout', %s, true)", (str(statement_timeout_ms),))
-            with fetcher.cursor(name="pyglue_fetch") as cur:
-                cur.execute(fetch_sql, params)
-                rows = cur.fetchmany(limit + 1)
-                names = [d.name for d in cur.description]
+            with _fetch_errors(mapping_name):
+                fetcher.execute("set transaction read only")
+                pid, started, xact = fetcher.execute(
+                    "select pg_backend_pid(), (select a.backend_start from pg_stat_get_activity(pg_backend_pid()) a),"
+                    " pg_current_xact_id()::text").fetchone()
+                with source.transaction():
+                    source.execute(queries.load("open_fetch_session"),
+                                   {"pid": pid, "backend_start": started, "xact": xact, "tenancy_id": tenancy_id})
+                fetcher.execute(_SETTINGS, (str(statement_timeout_ms),))
+            yield fetcher
             raise psycopg.Rollback()  # nothing a fetch does is kept
-    except psycopg.Error as exc:
-        raise PyglueError(f"mapping {mapping_name}: fetch failed: {describe_error(exc)}") from None
     finally:
         if not fetcher.closed:
             fetcher.execute("discard all")
+
+
+@contextmanager
+def _fetch_errors(mapping_name: str) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise PyglueError(f"mapping {mapping_name}: fetch failed: {describe_error(exc)}") from None
+
+
+def _too_many(mapping_name: str, limit: int) -> PyglueError:
+    return PyglueError(f"mapping {mapping_name}: fetch returned more than the {limit} rows asked for; "
+                       "it must end with limit %(limit)s")
+
+
+def fetch_rows(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping_name: str, fetch_sql: str,
+               params: dict, limit: int, statement_timeout_ms: int) -> tuple[list[str], list[tuple]]:
+    """Run a mapping's fetch for one tenancy over the fetch login: column names and at most
+    limit rows (more is an error), as Python values."""
+    with _fetch_session(source, tenancy_id, mapping_name, statement_timeout_ms) as fetcher, \
+            _fetch_errors(mapping_name):
+        with fetcher.cursor(name="pyglue_fetch") as cur:
+            cur.execute(fetch_sql, params)
+            rows = cur.fetchmany(limit + 1)
+            names = [d.name for d in cur.description]
     if len(rows) > limit:
-        raise PyglueError(f"mapping {mapping_name}: fetch returned more than the {limit} rows asked for; "
-                          "it must end with limit %(limit)s")
+        raise _too_many(mapping_name, limit)
     return names, rows
+
+
+@dataclass
+class RowStream:
+    """A mapping's fetch, declared and described, ready to be copied out as COPY text rows."""
+
+    fetcher: psycopg.Connection
+    mapping_name: str
+    statement: sql.Composable
+    params: dict
+    names: list[str]
+    limit: int
+
+    def copy_to(self, write: Callable[[memoryview], None]) -> int:
+        """Stream the rows, each in COPY text format as the server wrote it, to write; the
+        number of rows. No value is parsed here: the target's COPY reads them."""
+        rows = 0
+        with _fetch_errors(self.mapping_name), self.fetcher.cursor().copy(self.statement, self.params) as copy:
+            for data in copy:
+                rows += 1
+                if rows > self.limit:
+                    raise _too_many(self.mapping_name, self.limit)
+                write(data)
+        return rows
+
+
+@contextmanager
+def stream_rows(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping_name: str, fetch_sql: str,
+                params: dict, limit: int, statement_timeout_ms: int) -> Iterator[RowStream]:
+    """A mapping's fetch for one tenancy over the fetch login, to be copied out by the caller
+    inside the with block (RowStream.copy_to). The query is first declared as a server-side
+    cursor with bound parameters, which the server accepts for exactly one SELECT; only then
+    is the same text run as COPY (...) TO STDOUT with the parameters as literals. That COPY
+    goes over the simple query protocol, where a second statement would run: the declare
+    proves there is none, since the text parsed as one SELECT inside its own parentheses."""
+    with _fetch_session(source, tenancy_id, mapping_name, statement_timeout_ms) as fetcher:
+        with _fetch_errors(mapping_name), fetcher.cursor(name="pyglue_fetch") as cur:
+            cur.execute(fetch_sql, params)
+            names = [d.name for d in cur.description]
+        statement = sql.SQL("copy (\n{}\n) to stdout").format(sql.SQL(fetch_sql))
+        yield RowStream(fetcher, mapping_name, statement, params, names, limit)
 
 
 def describe_error(exc: psycopg.Error) -> str:

@@ -1,13 +1,15 @@
 """The target side: one tenancy's tables and cursors in an external Postgres database.
 
-Everything here runs on a connection to the target. A page is applied in ONE transaction:
-deletes, a COPY into a session temp table and one INSERT … ON CONFLICT from it, and the
-cursor advance, guarded so a cursor that moved under us aborts the page.
+Everything here runs on a connection to the target. A page is applied in ONE transaction: a
+COPY of the page's changes into a session temp table (the raw stage), the checks of their
+sequence ids, the deletes and one INSERT … ON CONFLICT of the last change of each key, and
+the cursor advance, guarded so a cursor that moved under us aborts the page.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -54,7 +56,7 @@ class TargetTables:
                  schema: str = "public"):
         self.conn, self.tenancy_id, self.lock_key, self.schema = conn, tenancy_id, lock_key, schema
         self._column_types: dict[str, dict[str, str]] = {}
-        self._staged: set[str] = set()
+        self._staged: dict[str, list[str]] = {}
 
     def lock(self, timeout_s: float) -> None:
         """Serialize runs for this tenancy and target: a session advisory lock, dropped with the
@@ -138,25 +140,79 @@ class TargetTables:
         return value
 
     def apply(self, mapping: Mapping, page: Page, expected_cursor: int) -> None:
-        """Deletes, upserts and the cursor advance in one transaction."""
-        self._check_columns(mapping, page.columns, expected_cursor)
+        """Apply rows already reduced in Python (a repair, tests): deletes, upserts and the
+        cursor advance in one transaction."""
+        width, key_at = len(page.columns), [page.columns.index(k) for k in mapping.key_columns]
+
+        def fill(copy) -> int:
+            for key in page.deletes:
+                row = [None] * width
+                for i, value in zip(key_at, key):
+                    row[i] = value
+                copy.write_row((0, True, *row))
+            for row in page.upserts:
+                copy.write_row((0, False, *row))
+            return len(page.deletes) + len(page.upserts)
+
+        self._apply(mapping, page.columns, expected_cursor, fill, lambda _raw: page.last_sequence_id)
+
+    def apply_stream(self, mapping: Mapping, columns: list[str], expected_cursor: int,
+                     copy_to: Callable[[Callable[[memoryview], None]], int],
+                     handed_out: Callable[[], int]) -> tuple[int, int] | None:
+        """Apply a page of changes as the fetch streams them (COPY text rows of sequence_id,
+        is_deleted, then columns): COPY into the raw stage, check the sequence ids there (after
+        the cursor, strictly increasing in arrival order, none beyond the last id handed out),
+        keep the last change of each key, delete, upsert and advance the cursor, all in one
+        transaction. Returns (last sequence id, rows fetched), or None when nothing came."""
+        def check(raw: sql.Composable) -> int:
+            bad = self.conn.execute(sql.SQL(
+                "select x.sequence_id, x.prev from (select sequence_id, pyglue_ord,"
+                " lag(sequence_id) over (order by pyglue_ord) as prev from {}) x"
+                " where x.sequence_id is null or x.sequence_id <= x.prev order by x.pyglue_ord limit 1").format(raw)
+            ).fetchone()
+            if bad is not None:
+                raise PyglueError(f"mapping {mapping.name}: fetch must return rows in strictly increasing sequence_id "
+                                  f"order, got {bad[0]} after {bad[1]}")
+            first, last = self.conn.execute(sql.SQL("select min(sequence_id), max(sequence_id) from {}").format(raw)
+                                            ).fetchone()
+            limit = handed_out()
+            if first <= expected_cursor or last > limit:
+                raise PyglueError(f"mapping {mapping.name}: fetch returned sequence ids outside ({expected_cursor}, "
+                                  f"{limit}] ({first}..{last}); it must read rows after %(cursor)s only")
+            return last
+
+        def fill(copy) -> int:
+            return copy_to(copy.write)
+
+        return self._apply(mapping, columns, expected_cursor, fill, check)
+
+    def _apply(self, mapping: Mapping, columns: list[str], expected_cursor: int, fill: Callable[..., int],
+               check: Callable[[sql.Composable], int]) -> tuple[int, int] | None:
+        self._check_columns(mapping, columns, expected_cursor)
         try:
             with self.conn.transaction():
                 current = self._cursor(mapping, lock=True)
                 if current != expected_cursor:
                     raise PyglueError(f"cursor of mapping {mapping.name} moved from {expected_cursor} to {current} "
                                       "during the page; page not applied")
-                if page.deletes:
-                    self._delete(mapping, page.deletes)
-                if page.upserts:
-                    self._upsert(mapping, page.columns, page.upserts)
+                # the last change per key is a sort of the page: in memory, not on disk
+                self.conn.execute("select set_config('work_mem', '64MB', true)")
+                raw = self._raw_stage(mapping, columns)
+                names = sql.SQL(", ").join(map(sql.Identifier, ["sequence_id", "is_deleted", *columns]))
+                with self.conn.cursor().copy(sql.SQL("copy {} ({}) from stdin").format(raw, names)) as copy:
+                    fetched = fill(copy)
+                if not fetched:
+                    return None
+                last = check(raw)
+                self._apply_raw(mapping, columns, raw)
                 self.conn.execute(
                     sql.SQL("update {} set last_synced_sequence_id = %s, updated_at = now()"
                             " where tenancy_id = %s and mapping_name = %s").format(self._metadata()),
-                    (page.last_sequence_id, self.tenancy_id, mapping.name))
+                    (last, self.tenancy_id, mapping.name))
+                return last, fetched
         except psycopg.Error as exc:
             message = " ".join((exc.diag.message_primary or str(exc)).split())
-            message = message.replace(f"pyglue_stage_{mapping.name}", mapping.target_table)
+            message = message.replace(f"pyglue_raw_{mapping.name}", mapping.target_table)
             raise PyglueError(f"mapping {mapping.name}: applying a page to target table {mapping.target_table} "
                               f"failed: {message}") from None
 
@@ -205,43 +261,38 @@ class TargetTables:
     def _table(self, mapping: Mapping) -> sql.Composable:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(mapping.target_table))
 
-    def _delete(self, mapping: Mapping, keys: list[tuple]) -> None:
-        types = self._types(mapping)
-        columns = list(mapping.key_columns)
-        arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(types[c])) for c in columns)
-        match = sql.SQL(" and ").join(
-            sql.SQL("t.{c} = d.{c}").format(c=sql.Identifier(c)) for c in columns)
-        query = sql.SQL("delete from {table} t using unnest({arrays}) as d({names}) where {match}").format(
-            table=self._table(mapping), arrays=arrays, names=sql.SQL(", ").join(map(sql.Identifier, columns)),
-            match=match)
-        self.conn.execute(query, [list(col) for col in zip(*keys)])
-
-    def _stage(self, mapping: Mapping) -> sql.Composable:
-        name = sql.Identifier(f"pyglue_stage_{mapping.name}")
-        if mapping.name not in self._staged:
-            self.conn.execute(sql.SQL("create temp table if not exists {} (like {}) on commit delete rows").format(
-                name, self._table(mapping)))
-            self._staged.add(mapping.name)
+    def _raw_stage(self, mapping: Mapping, columns: list[str]) -> sql.Composable:
+        """A session temp table for one page of changes: arrival order, sequence_id, is_deleted and
+        the page's columns typed as in the target table (rows emptied at commit)."""
+        name = sql.Identifier(f"pyglue_raw_{mapping.name}")
+        if self._staged.get(mapping.name) != columns:
+            types = self._types(mapping)
+            self.conn.execute(sql.SQL("drop table if exists {}").format(name))
+            self.conn.execute(sql.SQL(
+                "create temp table {} (pyglue_ord bigint generated always as identity, sequence_id bigint,"
+                " is_deleted boolean, {}) on commit delete rows").format(
+                name, sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(types[c])) for c in columns)))
+            self._staged[mapping.name] = list(columns)
         return name
 
-    def _upsert(self, mapping: Mapping, columns: list[str], rows: list[tuple]) -> None:
-        stage = self._stage(mapping)
+    def _apply_raw(self, mapping: Mapping, columns: list[str], raw: sql.Composable) -> None:
+        """The last change of each key in the raw stage: deletes, then one INSERT … ON CONFLICT."""
+        keys = sql.SQL(", ").join(map(sql.Identifier, mapping.key_columns))
         names = sql.SQL(", ").join(map(sql.Identifier, columns))
-        with self.conn.cursor().copy(sql.SQL("copy {} ({}) from stdin").format(stage, names)) as copy:
-            for row in rows:
-                copy.write_row(row)
+        match = sql.SQL(" and ").join(sql.SQL("t.{c} = d.{c}").format(c=sql.Identifier(c)) for c in mapping.key_columns)
         values = [c for c in columns if c not in mapping.key_columns]
-        assignments = sql.SQL(", ").join(
-            sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c)) for c in values)
+        assignments = sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c)) for c in values)
         changed = sql.SQL("({}) is distinct from ({})").format(
             sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in values),
             sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in values))
-        keys = sql.SQL(", ").join(map(sql.Identifier, mapping.key_columns))
         conflict = (sql.SQL("do update set {} where {}").format(assignments, changed) if values
                     else sql.SQL("do nothing"))
-        self.conn.execute(sql.SQL("insert into {table} as t ({names}) select {names} from {stage}"
-                                  " on conflict ({keys}) {conflict}").format(
-            table=self._table(mapping), names=names, stage=stage, keys=keys, conflict=conflict))
+        self.conn.execute(sql.SQL(
+            "with last as materialized (select distinct on ({keys}) * from {raw} order by {keys}, sequence_id desc),"
+            " gone as (delete from {table} t using last d where d.is_deleted and {match})"
+            " insert into {table} as t ({names}) select {names} from last where not is_deleted"
+            " on conflict ({keys}) {conflict}").format(
+            keys=keys, raw=raw, table=self._table(mapping), match=match, names=names, conflict=conflict))
 
     def _render_target(self, template: str) -> str:
         env = render.environment(paths.TEMPLATES / "target")
