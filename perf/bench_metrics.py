@@ -4,10 +4,11 @@ the same run.
 
     .venv/bin/python -m perf.bench_metrics [--small-users 10000] [--small-events 300000]
         [--large-users 1000000] [--large-events 10000000] [--user-batch 100000]
-        [--event-batch 1000000] [--dsn postgresql:///postgres?host=/var/run/postgresql]
+        [--event-batch 1000000] [--dsn DSN]
 
-Runs on a server of its own choosing (default: Debian PostgreSQL 15 on its unix socket,
-which has pg_trgm; the embedded server has not), in a database it drops and recreates
+Runs on a server of its own (default: the Debian PostgreSQL 15 cluster `15 bench` on port
+5433 that perf/debian_cluster.py creates and starts, which has pg_trgm; the embedded server
+has not), in a database it drops and recreates
 (bench_metrics, migrated from sql/migrations). Seeds with perf/mock-users.sql and
 perf/mock-metric-events.sql through psql (re-runnable, so the large tenancy is seeded in
 batches, each one a psql run). Steps:
@@ -47,6 +48,7 @@ from psycopg.rows import dict_row
 
 from psycopg.conninfo import make_conninfo
 
+from perf import debian_cluster
 from perf.bench_sequencer import fresh_database, machine_facts, run, write_block
 
 DATABASE = "bench_metrics"
@@ -55,7 +57,6 @@ HEADING = "## Metrics"
 PERF = Path(__file__).parent
 SMALL = "00000000-0000-4000-8000-000000000010"
 LARGE = "00000000-0000-4000-8000-000000001000"
-DEBIAN = "postgresql:///postgres?host=/var/run/postgresql"
 
 
 @dataclass
@@ -123,7 +124,7 @@ def seed(dsn: str, tenancy: str, users: int, events: int, user_batch: int, event
 @click.option("--large-events", default=10_000_000, show_default=True, help="Activity events of the large tenancy.")
 @click.option("--user-batch", default=100_000, show_default=True, help="Users per psql run of mock-users.sql.")
 @click.option("--event-batch", default=1_000_000, show_default=True, help="Events per psql run of the events seed.")
-@click.option("--dsn", default=DEBIAN, show_default=True, help="Server to create the bench database on.")
+@click.option("--dsn", default=None, help="Server to create the bench database on (default: perf/debian_cluster.py's).")
 @click.option("--measure-only", is_flag=True,
               help="Reuse the bench database as a previous run left it: no seeding, no ingest rows; sizes as found.")
 def main(small_users, small_events, large_users, large_events, user_batch, event_batch, dsn, measure_only) -> None:
@@ -131,6 +132,7 @@ def main(small_users, small_events, large_users, large_events, user_batch, event
     command = (f"`.venv/bin/python -m perf.bench_metrics --small-users {small_users} --small-events {small_events}"
                f" --large-users {large_users} --large-events {large_events} --user-batch {user_batch}"
                f" --event-batch {event_batch}{' --measure-only' if measure_only else ''}`")
+    dsn = dsn or debian_cluster.ensure()
     target = make_conninfo(dsn, dbname=DATABASE) if measure_only else fresh_database(dsn, DATABASE)
     end_at = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)
     now = end_at
@@ -140,7 +142,7 @@ def main(small_users, small_events, large_users, large_events, user_batch, event
     with psycopg.connect(target, row_factory=dict_row, autocommit=True) as conn:
         facts = machine_facts(conn)
         facts["settings"] = facts["settings"].replace(" (pgserver defaults); autovacuum off on measured tables",
-                                                      " (server defaults)")
+                                                      " (perf/debian_cluster.py settings)" if dsn == debian_cluster.DSN else " (server defaults)")
         if measure_only:
             sizes = {t: run(conn, "metrics_tenancy_sizes", {"tenancy_id": t}).fetchone() for t in (SMALL, LARGE)}
             small_users, small_events = sizes[SMALL]["users"], sizes[SMALL]["events"]
@@ -213,7 +215,7 @@ def main(small_users, small_events, large_users, large_events, user_batch, event
                                      median_ms(conn, "metrics_users_offset_page",
                                                {"tenancy_id": LARGE, "offset": offset, "limit": 50}, 5), 10))
             searches = [("rare name", "Mock User 777777"), ("11 names", "user 12345"), ("rare email", "user.424242@"),
-                        ("2% (email domain)", "example7.test"), ("no match", "zzzz")]
+                        ("2% (email domain)", "example7.test"), ("every user", "mock"), ("no match", "zzzz")]
             for label, q in searches:
                 page = {"tenancy_id": LARGE, "limit": 50, "cursor": None, "query": q}
                 naive_q = {"tenancy_id": LARGE, "limit": 51, "pattern": f"%{q}%"}

@@ -279,32 +279,34 @@ class MarkerBoard:
                     self.seen[name] = at
 
 
-def poll_target(target_dsn: str, board: MarkerBoard, stop: threading.Event) -> None:
+def poll_target(target_dsn: str, board: MarkerBoard, stop: threading.Event,
+                table: tuple[str, str] = ("public", "users")) -> None:
     with db.connect(target_dsn, autocommit=True, row_factory=tuple_row, application_name="pyglue bench poller") as conn:
         while not stop.is_set():
             ids = board.pending()
             if ids:
-                rows = run(conn, "target_display_names", {"ids": ids}, table=("public", "users")).fetchall()
+                rows = run(conn, "target_display_names", {"ids": ids}, table=table).fetchall()
                 board.saw(rows, time.perf_counter())
             time.sleep(POLL_EVERY_S)
 
 
 def write_changes(source_dsn: str, user_ids: list[uuid.UUID], board: MarkerBoard, seconds: float,
-                  first_marker: int) -> tuple[int, float]:
-    """Batches of BATCH_CHANGES renames every BATCH_EVERY_S, each batch one commit; (changes, seconds)."""
+                  first_marker: int, batch_changes: int = BATCH_CHANGES,
+                  every_s: float = BATCH_EVERY_S) -> tuple[int, float]:
+    """Batches of batch_changes renames every every_s, each batch one commit; (changes, seconds)."""
     changes, n = 0, first_marker
     with db.connect(source_dsn, autocommit=True, application_name="pyglue bench writer") as conn:
         start = time.perf_counter()
         batch = 0
-        while time.perf_counter() - start < seconds and changes + BATCH_CHANGES <= len(user_ids):
-            ids = user_ids[changes:changes + BATCH_CHANGES]
+        while time.perf_counter() - start < seconds and changes + batch_changes <= len(user_ids):
+            ids = user_ids[changes:changes + batch_changes]
             markers = [f"lat-{n + i}" for i in range(len(ids))]
             board.expect(ids, markers)
             run(conn, "mark_users", {"ids": ids, "markers": markers, "tenancy_id": TENANCY})
             board.commit(markers, time.perf_counter())
             changes, n, batch = changes + len(ids), n + len(ids), batch + 1
             # keep the schedule (batch k at start + k * interval) without bursting to catch up
-            delay = start + batch * BATCH_EVERY_S - time.perf_counter()
+            delay = start + batch * every_s - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
         return changes, time.perf_counter() - start

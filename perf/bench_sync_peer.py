@@ -1,0 +1,314 @@
+"""Tenant sync beside its peer, Postgres's built-in logical replication (issue 13).
+
+    .venv/bin/python -m perf.bench_sync_peer [--users 1000000] [--server embedded|debian|both]
+        [--page-size 20000] [--churn-seconds 15] [--skip-churn]
+
+On each server (the embedded one under .pyglue/bench, restarted once with wal_level=logical;
+Debian PostgreSQL 15 as the cluster perf/debian_cluster.py owns), in databases it drops and
+recreates: a source (migrated) with one tenancy of --users users and their contact channels
+(perf/seed-sync-tenancy.sql: a primary email each, a phone for every third) plus a second
+tenancy of a tenth the size (perf/mock-users.sql) that the peer's row filter and pyglue's
+tenancy both leave out. Measured, one run, same rows, same server:
+
+1. pyglue end to end from a fresh backlog: sequencing every flagged row, then
+   `pyglue sync` of the users and contact_channels mappings into an empty target database;
+2. the peer: a publication of app.users and app.contact_channels with the tenancy as row
+   filter, a subscription in another database, timed until both tables' initial copies
+   are done (pg_subscription_rel all 'r');
+3. pyglue initial sync of the same, already sequenced rows into a second empty target: the
+   fair comparison with 2 (goal >= 1.0 of the peer's rows/s; 1 has the goal >= 0.5);
+4. steady state, unless --skip-churn: a writer commits renames of distinct users at ~1,000
+   and ~10,000 changes/s (batches every 10 ms) for --churn-seconds; a poller reads the
+   target every ~5 ms; latency = commit acknowledged -> first seen in the target, p50 and
+   p99, for pyglue (a Worker; the subscription disabled) and for the peer (no worker), and
+   the time the backlog takes to drain after the writer stops.
+
+Row counts of every target are checked against the source. Writes the bench_sync_peer block
+of perf/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import click
+import psycopg
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import tuple_row
+
+from perf import debian_cluster, logical_replication
+from perf.bench_sequencer import BENCH_HOME, PERF, machine_facts, psql_path, run, write_block
+from perf.bench_sync import SEED, TENANCY, Latency, MarkerBoard, poll_target, wait_until, write_changes
+from pyglue import capture, db, embedded, migrate
+from pyglue.sync import engine, mappings, targets
+from pyglue.sync.worker import Worker, WorkerOptions
+
+DBS = {"source": "pyglue_peer_source", "e2e": "pyglue_peer_e2e", "initial": "pyglue_peer_initial",
+       "peer": "pyglue_peer_lr"}
+PEER = "pyglue_peer"
+OTHER_TENANCY = uuid.UUID("00000000-0000-4000-8000-0000000000e7")
+MAPPINGS = ["users", "contact_channels"]
+RATES = (1_000, 10_000)
+EVERY_S = 0.010
+GOALS = {"initial": 1.0, "e2e": 0.5}
+P99_GOAL_MS = 500.0
+BEGIN, END = "<!-- bench_sync_peer:begin -->", "<!-- bench_sync_peer:end -->"
+HEADING = "## Tenant sync beside logical replication"
+
+
+@dataclass
+class Churn:
+    rate: int
+    system: str
+    latency: Latency
+    drain_s: float
+
+
+@dataclass
+class ServerRun:
+    label: str
+    facts: dict
+    users: int
+    channels: int
+    sequencing_s: float = 0.0
+    e2e_sync_s: float = 0.0
+    peer_s: float = 0.0
+    initial_s: float = 0.0
+    churn: list[Churn] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return self.users + self.channels
+
+
+def embedded_server() -> str:
+    """The bench's embedded server, restarted once with wal_level=logical."""
+    server = embedded.start(BENCH_HOME)
+    if logical_replication.wal_level(server.dsn) != "logical":
+        with db.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("alter system set wal_level = logical")
+        from pgserver._commands import pg_ctl  # pgserver's own wrapper, as pyglue.embedded.stop uses it
+
+        # a restart with the options the server was started with (postmaster.opts)
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.data_dir, user="pgserver" if os.geteuid() == 0 else None)
+    return server.dsn
+
+
+def fresh_databases(server_dsn: str) -> dict[str, str]:
+    dsns = {role: make_conninfo(server_dsn, dbname=name) for role, name in DBS.items()}
+    with db.connect(server_dsn, autocommit=True) as conn:
+        if conn.execute("select 1 from pg_database where datname = %s", (DBS["source"],)).fetchone():
+            logical_replication.drop(dsns["source"], dsns["peer"], PEER)
+        for name in DBS.values():
+            run(conn, "drop_database", database=name)
+            run(conn, "create_database", database=name)
+    migrate.migrate(dsns["source"])
+    migrate.migrate(dsns["peer"])  # the subscriber's tables: the source's columns
+    return dsns
+
+
+def psql(dsn: str, script, **variables) -> None:
+    args = [psql_path(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn]
+    for k, v in variables.items():
+        args += ["-v", f"{k}={v}"]
+    subprocess.run(args + ["-f", str(script)], check=True, stdout=subprocess.DEVNULL)
+
+
+def settle(conn: psycopg.Connection) -> None:
+    for table in (("app", "users"), ("app", "contact_channels")):
+        run(conn, "vacuum_analyze", table=table)
+    run(conn, "checkpoint")
+
+
+def counts(dsn: str, schema: str, tenancy_column: bool) -> dict[str, int]:
+    with db.connect(dsn, autocommit=True, row_factory=tuple_row) as conn:
+        where = " where tenancy_id = %s" if tenancy_column else ""
+        return {t: conn.execute(f"select count(*) from {schema}.{t}{where}",
+                                (TENANCY,) if tenancy_column else None).fetchone()[0]
+                for t in ("users", "contact_channels")}
+
+
+def check(expected: dict[str, int], found: dict[str, int], what: str) -> None:
+    if found != expected:
+        raise click.ClickException(f"{what}: target rows {found} differ from the source's {expected}")
+
+
+def pyglue_sync(source_dsn: str, chosen, page_size: int) -> float:
+    started = time.perf_counter()
+    result = engine.sync_until_caught_up(source_dsn, TENANCY, chosen,
+                                         engine.Options(page_size=page_size, ignore_backoff=True))
+    if result.failed or result.sync_disabled or result.stopped:
+        raise click.ClickException(f"sync did not finish: {result}")
+    return time.perf_counter() - started
+
+
+def churn(source_dsn: str, target_dsn: str, table: tuple[str, str], user_ids: list[uuid.UUID], rate: int,
+          seconds: float, worker: Worker | None) -> tuple[Latency, float]:
+    """Writer at rate changes/s for seconds, poller on the target's table; (latency, drain seconds)."""
+    batch = max(1, round(rate * EVERY_S))
+    board, stop = MarkerBoard(), threading.Event()
+    threads = [threading.Thread(target=poll_target, args=(target_dsn, board, stop, table), daemon=True)]
+    if worker is not None:
+        threads.append(threading.Thread(target=worker.run, daemon=True))
+    for t in threads:
+        t.start()
+    try:
+        warm, user_ids = user_ids[:batch], user_ids[batch:]
+        write_changes(source_dsn, warm, board, 0.001, first_marker=0, batch_changes=batch)
+        if not wait_until(lambda: not board.pending(), 120):
+            raise click.ClickException(f"{table}: warm-up changes not seen within 120 s")
+        board.committed.clear()
+        board.seen.clear()
+        changes, writer_s = write_changes(source_dsn, user_ids, board, seconds, first_marker=batch,
+                                          batch_changes=batch, every_s=EVERY_S)
+        ended = time.perf_counter()
+        wait_until(lambda: not board.pending(), 300)
+        drain_s = max(board.seen.values(), default=ended) - ended
+    finally:
+        stop.set()
+        if worker is not None:
+            worker.stop.set()
+        for t in threads:
+            t.join(60)
+    samples = [(board.seen[m] - t) * 1000 for m, t in board.committed.items() if m in board.seen]
+    if len(samples) != changes:
+        raise click.ClickException(f"{table}: {changes - len(samples)} of {changes} changes never arrived")
+    return Latency(changes, len(samples), writer_s, samples), max(drain_s, 0.0)
+
+
+def run_server(label: str, server_dsn: str, users: int, page_size: int, churn_seconds: float,
+               skip_churn: bool) -> ServerRun:
+    click.echo(f"[{label}] databases, seeding {users:,} users …", err=True)
+    dsns = fresh_databases(server_dsn)
+    psql(dsns["source"], SEED, users=users)
+    psql(dsns["source"], PERF / "mock-users.sql", users=max(users // 10, 10), tenancy=OTHER_TENANCY)
+    chosen = mappings.select(mappings.load_all(), MAPPINGS)
+    expected = counts(dsns["source"], "app", True)
+    with db.connect(dsns["source"], autocommit=True, application_name="pyglue bench") as conn:
+        facts = machine_facts(conn)
+        for table in (("app", "users"), ("app", "contact_channels")):
+            run(conn, "autovacuum_off", table=table)
+        out = ServerRun(label, facts, expected["users"], expected["contact_channels"])
+
+        click.echo(f"[{label}] 1/4 pyglue end to end from a fresh backlog …", err=True)
+        targets.add(conn, TENANCY, "e2e", dsns["e2e"])
+        settle(conn)
+        started = time.perf_counter()
+        capture.sequence_until_idle(conn, 50_000)
+        out.sequencing_s = time.perf_counter() - started
+        out.e2e_sync_s = pyglue_sync(dsns["source"], chosen, page_size)
+        check(expected, counts(dsns["e2e"], "public", False), "end to end")
+
+        click.echo(f"[{label}] 2/4 logical replication initial copy …", err=True)
+        settle(conn)
+        logical_replication.publish(dsns["source"], PEER, TENANCY)
+        out.peer_s = logical_replication.subscribe(dsns["source"], dsns["peer"], PEER)
+        check(expected, counts(dsns["peer"], "app", True), "logical replication")
+
+        click.echo(f"[{label}] 3/4 pyglue initial sync of sequenced rows …", err=True)
+        targets.set_enabled(conn, TENANCY, "e2e", False)
+        targets.add(conn, TENANCY, "initial", dsns["initial"])
+        settle(conn)
+        out.initial_s = pyglue_sync(dsns["source"], chosen, page_size)
+        check(expected, counts(dsns["initial"], "public", False), "initial sync")
+
+        if not skip_churn:
+            user_ids = [r["id"] for r in run(conn, "tenancy_user_ids", {"tenancy_id": TENANCY})]
+            random.Random(20261202).shuffle(user_ids)
+            wanted = sum(2 * (int(rate * churn_seconds) + rate) for rate in RATES)
+            if wanted > len(user_ids):
+                raise click.ClickException(f"the steady-state writers rename {wanted:,} distinct users; the tenancy has"
+                                           f" {len(user_ids):,}: use more --users or fewer --churn-seconds")
+            for rate in RATES:
+                need = int(rate * churn_seconds) + rate
+                for system in ("pyglue", "logical replication"):
+                    ids, user_ids = user_ids[:need], user_ids[need:]
+                    click.echo(f"[{label}] 4/4 steady state {rate:,}/s, {system} …", err=True)
+                    if system == "pyglue":
+                        logical_replication.set_enabled(dsns["peer"], PEER, False)
+                        worker = Worker(dsns["source"], chosen, WorkerOptions(sequencer_interval_s=0.05,
+                                                                              page_size=page_size))
+                        latency, drain = churn(dsns["source"], dsns["initial"], ("public", "users"), ids, rate,
+                                               churn_seconds, worker)
+                    else:
+                        logical_replication.set_enabled(dsns["peer"], PEER, True)
+                        latency, drain = churn(dsns["source"], dsns["peer"], ("app", "users"), ids, rate,
+                                               churn_seconds, None)
+                    out.churn.append(Churn(rate, system, latency, drain))
+        logical_replication.drop(dsns["source"], dsns["peer"], PEER)
+    return out
+
+
+def ratio_line(measure: str, ours_s: float, peer_s: float, rows: int, goal: float) -> str:
+    ratio = peer_s / ours_s
+    return (f"| {measure} | {ours_s:.2f} s ({rows / ours_s:,.0f} rows/s) | {peer_s:.2f} s ({rows / peer_s:,.0f} rows/s)"
+            f" | {ratio:.2f} | >= {goal:g} | {'met' if ratio >= goal else 'NOT met'} |")
+
+
+def server_block(r: ServerRun) -> list[str]:
+    lines = [f"#### {r.label}: {r.facts['postgres'].split(' on ')[0]}", "",
+             f"- **settings**: `{r.facts['settings'].split(' (')[0]}`",
+             f"- **data**: tenancy of {r.users:,} users + {r.channels:,} contact channels ({r.rows:,} rows),"
+             f" and a second tenancy of {max(r.users // 10, 10):,} users that neither copies", "",
+             "| measure | pyglue | logical replication | ratio (pyglue rows/s ÷ peer's) | goal | verdict |",
+             "|---|--:|--:|--:|---|---|",
+             ratio_line("initial sync of sequenced rows (users, contact_channels)", r.initial_s, r.peer_s, r.rows,
+                        GOALS["initial"]),
+             ratio_line(f"end to end from a fresh backlog: sequencing {r.sequencing_s:.1f} s (both tenancies) +"
+                        f" sync {r.e2e_sync_s:.1f} s", r.sequencing_s + r.e2e_sync_s, r.peer_s, r.rows, GOALS["e2e"]),
+             ""]
+    if r.churn:
+        lines += ["| steady state | achieved | p50 | p99 | max | drain after the writer stops | p99 goal |",
+                  "|---|--:|--:|--:|--:|--:|---|"]
+        for c in r.churn:
+            s = c.latency.summary
+            goal = "" if c.system != "pyglue" else (
+                f"<= {P99_GOAL_MS:g} ms: {'met' if s['p99'] <= P99_GOAL_MS else 'NOT met'}")
+            lines.append(f"| {c.system}, {c.rate:,} changes/s | {c.latency.committed / c.latency.seconds:,.0f}/s |"
+                         f" {s['p50']:,.0f} ms | {s['p99']:,.0f} ms | {s['max']:,.0f} ms | {c.drain_s:.2f} s | {goal} |")
+        lines.append("")
+    return lines
+
+
+@click.command()
+@click.option("--users", default=1_000_000, show_default=True, help="Users of the synced tenancy.")
+@click.option("--server", type=click.Choice(["embedded", "debian", "both"]), default="both", show_default=True)
+@click.option("--page-size", default=20_000, show_default=True, help="pyglue's page size.")
+@click.option("--churn-seconds", default=15.0, show_default=True, help="How long each steady-state writer runs.")
+@click.option("--skip-churn", is_flag=True, help="Only the initial copies.")
+def main(users: int, server: str, page_size: int, churn_seconds: float, skip_churn: bool) -> None:
+    """pyglue's tenant sync beside logical replication: initial copy, end to end, steady state."""
+    runs = []
+    if server in ("embedded", "both"):
+        runs.append(run_server("embedded", embedded_server(), users, page_size, churn_seconds, skip_churn))
+    if server in ("debian", "both"):
+        runs.append(run_server("Debian", debian_cluster.ensure(), users, page_size, churn_seconds, skip_churn))
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = (f"`.venv/bin/python -m perf.bench_sync_peer --users {users} --server {server} --page-size {page_size}"
+               + (" --skip-churn`" if skip_churn else f" --churn-seconds {churn_seconds:g}`"))
+    facts = runs[0].facts
+    block = [BEGIN, "<!-- generated by perf/bench_sync_peer.py: edits between these markers are overwritten -->",
+             f"### Latest run: {now}", "", command, "",
+             *(f"- **{k}**: `{v}`" for k, v in facts.items() if k not in ("postgres", "settings")), ""]
+    for r in runs:
+        block += server_block(r)
+    block += ["Each ratio is measured in one run on one server: the peer's initial copy of the same rows (a"
+              " publication with the tenancy as row filter, a subscription in another database of the server,"
+              " until both tables are ready) beside pyglue's. The end-to-end line starts from rows that were"
+              " inserted and never sequenced, so it also stamps both tenancies' backlog. Steady state: distinct"
+              " users renamed in batches every 10 ms; latency from the writer's commit to the poller seeing the"
+              " row in the target.", END]
+    text = "\n".join(block)
+    write_block(BEGIN, END, text, HEADING)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
