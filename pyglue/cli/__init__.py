@@ -126,6 +126,7 @@ def _show_traceback(verbose: bool) -> None:
 
 from pyglue.cli import billing as _billing  # noqa: E402  (register command groups)
 from pyglue.cli import capture as _capture  # noqa: E402
+from pyglue.cli import dashboard as _dashboard  # noqa: E402
 from pyglue.cli import db as _db  # noqa: E402
 from pyglue.cli import demo as _demo  # noqa: E402
 from pyglue.cli import metrics as _metrics  # noqa: E402
@@ -134,6 +135,7 @@ from pyglue.cli import stripe as _stripe  # noqa: E402,F401  (stripe-sync, strip
 from pyglue.cli import sync as _sync  # noqa: E402
 
 cli.add_command(_billing.billing)
+cli.add_command(_dashboard.dashboard_cmd)
 cli.add_command(_db.db)
 cli.add_command(_demo.demo)
 cli.add_command(_metrics.metrics_cmd)

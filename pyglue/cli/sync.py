@@ -201,9 +201,13 @@ def status_cmd(obj, tenant: uuid.UUID | None, as_json: bool) -> None:
 @PAGE_SIZE
 @STATEMENT_TIMEOUT
 @click.option("--until-idle", is_flag=True, help="Exit when the queue is empty and nothing is flagged.")
+@click.option("--metrics-port", type=click.IntRange(min=1, max=65535), default=None,
+              help="Serve Prometheus metrics (this worker's counters, the queue, lag) on this port at /metrics.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics port binds.")
 @click.pass_obj
 def worker_cmd(obj, mappings_dirs: tuple[Path, ...], concurrency: int, lease: float, sequencer_interval: float,
-               page_size: int, statement_timeout: int, until_idle: bool) -> None:
+               page_size: int, statement_timeout: int, until_idle: bool, metrics_port: int | None,
+               metrics_host: str) -> None:
     """Sequence changes and sync every tenancy's targets until stopped (SIGTERM finishes the page)."""
     import contextlib
     import signal
@@ -219,6 +223,11 @@ def worker_cmd(obj, mappings_dirs: tuple[Path, ...], concurrency: int, lease: fl
                     WorkerOptions(concurrency=concurrency, lease_s=lease, sequencer_interval_s=sequencer_interval,
                                   page_size=page_size, statement_timeout_ms=statement_timeout),
                     log=lambda line: click.echo(line, err=True))
+    if metrics_port is not None:
+        from pyglue import telemetry
+
+        telemetry.serve(obj.dsn, metrics_host, metrics_port, worker=worker.id)
+        click.echo(f"worker {worker.id}: metrics on http://{metrics_host}:{metrics_port}/metrics", err=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop.set())
     worker.run(until_idle=until_idle)

@@ -35,6 +35,7 @@ class Options:
     stop: threading.Event = field(default_factory=threading.Event)  # finish the page, then return
     on_rows: Callable[[int], None] = lambda _n: None
     on_page: Callable[[], None] = lambda: None  # e.g. renew a queue lease
+    on_applied: Callable[[dict, Mapping, int], None] = lambda _target, _mapping, _rows: None  # telemetry
 
 
 @dataclass
@@ -180,6 +181,7 @@ def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict,
                 cursor, fetched = moved
                 _mirror_cursor(source, target["id"], mapping, cursor)
                 applied += fetched
+                options.on_applied(target, mapping, fetched)
                 options.on_rows(fetched)
                 options.on_page()
                 if fetched < options.page_size:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from pyglue import capture, db, queries
+from pyglue import capture, db, queries, telemetry
 from pyglue import dsn as dsns
 from pyglue.errors import PyglueError
 from pyglue.sync import engine
@@ -50,6 +51,7 @@ class Worker:
         self.stop = threading.Event()
         self._local = threading.local()
         self._sources: list[psycopg.Connection] = []
+        self.telemetry = telemetry.Recorder(self.id, log)
 
     def run(self, until_idle: bool = False) -> None:
         """Work until stop is set (or, with until_idle, until nothing is left to do).
@@ -86,7 +88,10 @@ class Worker:
                 fuse = capture.fusebox(control)
                 busy = False
                 if fuse["sequencer_enabled"]:  # another worker's pass in progress: skip, don't queue up
-                    busy |= capture.sequence_pass(control, opts.sequencer_batch, wait=False) > 0
+                    started = time.monotonic()
+                    stamped = capture.sequence_pass(control, opts.sequencer_batch, wait=False)
+                    self.telemetry.sequencer_pass(stamped, time.monotonic() - started)
+                    busy |= stamped > 0
                 for done in [f for f in in_flight if f.done()]:
                     in_flight.pop(done)
                     done.result()
@@ -95,13 +100,23 @@ class Worker:
                     for request in self._claim(control, free):
                         in_flight[pool.submit(self._handle, request)] = request
                         busy = True
+                self.telemetry.flush(control)
                 if until_idle and not busy and not in_flight:
                     break
                 if not busy:
                     for _ in control.notifies(timeout=opts.sequencer_interval_s, stop_after=1):
                         pass
             self.log(f"worker {self.id} stopping: finishing {len(in_flight)} sync(s)")
+        self._flush_telemetry()
         self.log(f"worker {self.id} stopped")
+
+    def _flush_telemetry(self) -> None:
+        """What the last syncs did, once they have finished (a database gone by now loses it)."""
+        try:
+            with db.connect(self.dsn, autocommit=True) as conn:
+                self.telemetry.flush(conn, force=True)
+        except (psycopg.Error, PyglueError) as exc:
+            self.log(f"worker {self.id}: last telemetry not recorded: {dsns.error_line(exc, self.dsn)}")
 
     def _claim(self, control: psycopg.Connection, limit: int) -> list[dict]:
         return control.execute("select id, tenancy_id from pyglue.claim_requests(%s, %s, make_interval(secs => %s))",
@@ -123,7 +138,9 @@ class Worker:
                                      statement_timeout_ms=self.options.statement_timeout_ms,
                                      # give up on a busy target well before the lease runs out
                                      lock_timeout_s=min(60.0, self.options.lease_s / 2),
-                                     on_page=lambda: self._renew(source, request_id))
+                                     on_page=lambda: self._renew(source, request_id),
+                                     on_applied=lambda target, mapping, rows: self.telemetry.page_applied(
+                                         tenancy, target["name"], mapping.name, rows))
             try:
                 self._renew(source, request_id)  # the claim now lives and dies with this thread's session
             except engine.Stopped:
@@ -142,6 +159,8 @@ class Worker:
                     source.execute(queries.load("schedule_target_retry"),
                                    {"tenancy_id": tenancy, "busy_retry_s": BUSY_RETRY_S if busy else None})
             for t in result.targets:
+                if not t.skipped:
+                    self.telemetry.target_run(tenancy, t.name, failed=bool(t.error))
                 if t.rows or t.error or t.busy:
                     self.log(f"tenancy {tenancy} target {t.name}: {t.rows} row(s)"
                              + (f", error: {t.error}" if t.error else "")
