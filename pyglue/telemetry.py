@@ -198,7 +198,7 @@ def registry(dsn: str, worker: str | None = None):
 
 def serve(dsn: str, host: str, port: int, worker: str | None = None):
     """Serve /metrics over HTTP in a daemon thread (`pyglue worker --metrics-port`); returns
-    the server, whose shutdown() stops it."""
+    the server (shutdown() and server_close() stop it)."""
     from prometheus_client import start_http_server
 
     server, _thread = start_http_server(port, addr=host, registry=registry(dsn, worker))
