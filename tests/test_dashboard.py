@@ -5,14 +5,17 @@ the host check, and the CLI command."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from pyglue import dashboard
+from pyglue import dashboard, paths
 from pyglue.cli import cli
 from pyglue.sync import targets
 from tests import factories as f
@@ -172,3 +175,50 @@ def test_cli_dashboard_refuses_an_unmigrated_database_in_one_line(make_database)
     result = CliRunner().invoke(cli, ["--dsn", empty, "dashboard", "--port", "1"])
     assert result.exit_code != 0
     assert "pyglue db migrate" in str(result.exception)
+
+
+def _get(url: str, **kwargs):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, **kwargs), timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return None, ""
+
+
+def test_pyglue_dashboard_and_worker_metrics_port_serve_from_the_command_line(world):
+    import os
+    import signal
+
+    from tests.test_sync_worker import wait_for, worker_process
+    from tests.test_telemetry import free_port, samples, value
+
+    port, metrics_port = free_port(), free_port()
+    env = dict(os.environ, PYGLUE_DASHBOARD_TOKEN=TOKEN)
+    served = subprocess.Popen([sys.executable, "-m", "pyglue", "--dsn", world.dsn, "dashboard", "--port", str(port)],
+                              cwd=paths.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker = worker_process(world.dsn, "--metrics-port", str(metrics_port))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _get(base + "/api/status")[0] == 200, timeout=30, what="the dashboard answering")
+        assert _get(base + "/api/fusebox", data=b"sync=off", method="POST")[0] == 403
+        code, body = _get(base + "/api/fusebox", data=b"sync=off", method="POST",
+                          headers={"Authorization": f"Bearer {TOKEN}"})  # the token from the environment
+        assert code == 200 and json.loads(body)["sync"] is False
+        _get(base + "/api/fusebox", data=b"sync=on", method="POST", headers={"Authorization": f"Bearer {TOKEN}"})
+        f.users_bulk(world.conn, world.tenancy, 25)
+
+        def synced():
+            code, text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+            return code == 200 and value(samples(text), "pyglue_sync_rows_total", mapping="users") == 25
+        wait_for(synced, timeout=60, what="the worker's metrics showing 25 rows synced")
+    finally:
+        for process in (worker, served):
+            process.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+        _, err = served.communicate(timeout=30)
+    assert f"dashboard on http://127.0.0.1:{port}/ (changes need the token)" in err
