@@ -11,6 +11,7 @@ MIGRATIONS = SQL / "migrations"
 FUNCTIONS = SQL / "functions"
 TRIGGERS = SQL / "triggers"
 TEMPLATES = ROOT / "templates"
+DASHBOARD_TEMPLATES = TEMPLATES / "dashboard"  # pages of pyglue dashboard
 
 
 def home() -> Path:

@@ -128,7 +128,7 @@ def test_backlog_drops_to_zero_while_a_worker_runs(world, served, page):
     f.users_bulk(world.conn, world.tenancy, 3000)
     page.goto(served.url + "/")
     expect(page.locator("#backlog-total")).to_have_text("3,000")
-    users_row = page.locator(f'#targets tr[data-target="main"][data-mapping="users"]')
+    users_row = page.locator('#targets tr[data-target="main"][data-mapping="users"]')
     expect(users_row.locator(".pending")).to_have_text("3,000")
     page.evaluate("""() => { window.seenBacklog = [];
         new MutationObserver(() => window.seenBacklog.push(document.querySelector('#backlog-total').textContent))

@@ -24,7 +24,6 @@ import hashlib
 import hmac
 import json
 import uuid
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import jinja2
@@ -37,12 +36,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from pyglue import capture, db, queries, telemetry
+from pyglue import capture, db, paths, queries, telemetry
 from pyglue import dsn as dsns
 from pyglue.dashboard import svg
 from pyglue.sync import targets
 
-TEMPLATES = Path(__file__).parent / "templates"
 COOKIE = "pyglue_dashboard"
 SWITCHES = {"sequencer": "sequencer", "poller": "poller", "sync": "sync"}
 ON, OFF = {"on", "true", "1", "yes"}, {"off", "false", "0", "no"}
@@ -193,7 +191,7 @@ def create_app(dsn: str, token: str | None = None, *, metrics_ttl_s: float = 60.
     (default: loopback names; ["*"] when bound to every address)."""
     auth = Auth(token)
     where = dsns.describe(dsn)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(paths.DASHBOARD_TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined)
 
     def connect() -> psycopg.Connection:
