@@ -2,8 +2,8 @@
 
 A worker counts its sequencer passes, the pages it applied per target and mapping and its
 sync runs and errors in memory (Recorder; thread-safe, the sync threads add to it) and adds
-them to its rows with pyglue.record_telemetry every FLUSH_INTERVAL_S at most, and once more
-when it stops. So the dashboard, `pyglue worker --metrics-port` and the dashboard's
+them to its rows with pyglue.record_telemetry every FLUSH_INTERVAL_S at most (an idle one
+every IDLE_FLUSH_INTERVAL_S), and once more when it stops. So the dashboard, `pyglue worker --metrics-port` and the dashboard's
 /metrics all read the same numbers, from the database, and nothing but the worker's
 id ties them to a process.
 
@@ -26,7 +26,8 @@ from psycopg.types.json import Jsonb
 from pyglue import db, queries
 from pyglue.errors import PyglueError
 
-FLUSH_INTERVAL_S = 1.0
+FLUSH_INTERVAL_S = 1.0  # with something to report: rows stamped, pages applied, syncs run
+IDLE_FLUSH_INTERVAL_S = 15.0  # only empty passes: an idle worker writes its row this rarely
 
 # Metric names (README "Prometheus metrics" lists them with their labels).
 SYNC_ROWS = "pyglue_sync_rows"  # counters get _total from prometheus_client
@@ -55,7 +56,7 @@ class Recorder:
     def __init__(self, worker: str, log=lambda _line: None):
         self.worker, self.log = worker, log
         self._lock = threading.Lock()
-        self._flushed_at = 0.0
+        self._flushed_at = float("-inf")  # the first flush is never held back
         self._disabled = False
         self._reset()
 
@@ -90,9 +91,15 @@ class Recorder:
                 entry[3] = entry[2]
 
     def flush(self, conn: psycopg.Connection, force: bool = False) -> None:
-        """Write the counts (at most every FLUSH_INTERVAL_S unless forced) in one call; a
+        """Write the counts in one call: at most every FLUSH_INTERVAL_S when there is work to
+        report, every IDLE_FLUSH_INTERVAL_S when only empty passes ran (unless forced). A
         database without the telemetry migration is told once and never asked again."""
-        if self._disabled or (not force and time.monotonic() - self._flushed_at < FLUSH_INTERVAL_S):
+        if self._disabled:
+            return
+        with self._lock:
+            idle = not (self._stamped or self._pages or self._runs)
+        waited = time.monotonic() - self._flushed_at
+        if not force and waited < (IDLE_FLUSH_INTERVAL_S if idle else FLUSH_INTERVAL_S):
             return
         with self._lock:
             passes, stamped, seconds, last = self._passes, self._stamped, self._seconds, self._last_pass

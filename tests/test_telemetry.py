@@ -215,3 +215,26 @@ def test_a_database_without_the_telemetry_migration_is_told_once(fresh_db, conne
     recorder.flush(conn, force=True)
     recorder.flush(conn, force=True)
     assert len(lines) == 1 and "0020_telemetry" in lines[0]
+
+
+def test_an_idle_worker_writes_its_row_rarely_a_busy_one_soon(conn):
+    recorder = telemetry.Recorder("w-throttle")
+
+    def passes() -> int:
+        row = conn.execute("select sequencer_passes from pyglue.worker_telemetry where worker = 'w-throttle'").fetchone()
+        return row["sequencer_passes"] if row else 0
+
+    recorder.sequencer_pass(0, 0.001)
+    recorder.flush(conn)  # the first flush is never held back
+    recorder.sequencer_pass(0, 0.001)
+    recorder.flush(conn)  # only an empty pass since: held back for IDLE_FLUSH_INTERVAL_S
+    assert passes() == 1
+    recorder._flushed_at -= telemetry.FLUSH_INTERVAL_S
+    recorder.flush(conn)
+    assert passes() == 1
+    recorder.sequencer_pass(5, 0.001)  # work to report: written once FLUSH_INTERVAL_S has passed
+    recorder.flush(conn)
+    assert passes() == 3
+    recorder.sequencer_pass(0, 0.001)
+    recorder.flush(conn, force=True)
+    assert passes() == 4
