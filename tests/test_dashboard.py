@@ -97,11 +97,13 @@ def test_without_the_token_every_state_change_is_403_and_nothing_changes(world, 
     attempts = [("/api/fusebox", {"json": {"sync": "off", "sequencer": "off", "poller": "off"}}),
                 ("/api/fusebox", {"data": {"sync": "off"}}),
                 (f"/api/requests/{dead}/retry", {}),
-                (f"/api/requests/{dead}/retry", {"json": {}})]
+                (f"/api/requests/{dead}/retry", {"json": {}}),
+                ("/api/fusebox", {"content": b"{not json", "headers": {"Content-Type": "application/json"}})]
     with client(world.dsn, configured) as c:
         for path, body in attempts:
             for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"X-CSRF-Token": "0" * 64}):
-                r = c.post(path, headers=headers, **body)
+                given = dict(body)
+                r = c.post(path, headers={**given.pop("headers", {}), **headers}, **given)
                 assert r.status_code == 403, (path, headers, r.text)
         assert c.post("/login", data={"token": "wrong"}).status_code == 403
         if configured is None:

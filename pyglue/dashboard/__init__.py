@@ -286,10 +286,20 @@ def create_app(dsn: str, token: str | None = None, *, metrics_ttl_s: float = 60.
         except LookupError as exc:
             return _error(404, str(exc))
 
+    async def change_fields(request: Request) -> dict:
+        """The POST's fields once it may change state: Forbidden before any complaint about the body."""
+        try:
+            fields, problem = await _fields(request), None
+        except BadRequest as exc:
+            fields, problem = {}, exc
+        auth.check_change(request, fields)
+        if problem is not None:
+            raise problem
+        return fields
+
     async def api_fusebox(request: Request) -> Response:
         try:
-            fields = await _fields(request)
-            auth.check_change(request, fields)
+            fields = await change_fields(request)
             wanted = {name: _switch_value(name, fields.get(name)) for name in SWITCHES}
             if all(v is None for v in wanted.values()):
                 raise BadRequest("name at least one of sequencer, poller, sync (on or off)")
@@ -307,8 +317,7 @@ def create_app(dsn: str, token: str | None = None, *, metrics_ttl_s: float = 60.
 
     async def api_retry(request: Request) -> Response:
         try:
-            fields = await _fields(request)
-            auth.check_change(request, fields)
+            await change_fields(request)
         except Forbidden as exc:
             return _error(403, str(exc))
         except BadRequest as exc:
