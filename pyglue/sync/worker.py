@@ -119,7 +119,7 @@ class Worker:
         request_id, tenancy = request["id"], request["tenancy_id"]
         try:
             source = self._source()
-            options = engine.Options(page_size=self.options.page_size, stop=self.stop,
+            options = engine.Options(page_size=self.options.page_size, stop=self.stop, source_dsn=self.dsn,
                                      statement_timeout_ms=self.options.statement_timeout_ms,
                                      # give up on a busy target well before the lease runs out
                                      lock_timeout_s=min(60.0, self.options.lease_s / 2),
