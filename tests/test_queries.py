@@ -19,7 +19,8 @@ SAMPLES = {"tenancy_id": uuid.uuid4(), "project": "demo", "users": 10, "busy_ret
            "metadata": Jsonb({}), "rows": Jsonb([]), "read_at": None,
            "from": None, "to": None, "before_at": None, "before_id": None,
            "purchase_kind": "subscription", "purchase_id": uuid.uuid4(), "quantity": 1, "amount": 1, "currency": "USD",
-           "include_anonymous": False, "refund_id": 1, "stripe_refund_id": "re_1", "subscription_id": uuid.uuid4()}
+           "include_anonymous": False, "refund_id": 1, "stripe_refund_id": "re_1", "subscription_id": uuid.uuid4(),
+           "schemas": ["pyglue", "app", "billing"]}
 NAMES = sorted(p.stem for p in queries.FOLDER.glob("*.sql"))
 
 
