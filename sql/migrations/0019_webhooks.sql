@@ -388,9 +388,9 @@ begin
         where w.id = p_webhook_id;
     else
         v_delay := least(greatest(p_max_delay_s, 0),
-                         coalesce(greatest(p_retry_after_s, 0),
-                                  greatest(p_base_delay_s, 0) * power(2, least(v_hook.attempts, 30))
-                                  * (0.5 + random() * 0.5)));
+                         case when p_retry_after_s is not null then greatest(p_retry_after_s, 0)
+                              else greatest(p_base_delay_s, 0) * power(2, least(v_hook.attempts, 30))
+                                   * (0.5 + random() * 0.5) end);
         update pyglue.webhooks w
         set attempts = w.attempts + 1, pending_batch_end = p_batch_end,
             retry_after = case when v_outcome = 'retrying' then now() + make_interval(secs => v_delay) end,
