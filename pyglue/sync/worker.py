@@ -176,13 +176,14 @@ class Worker:
     @staticmethod
     def _schedule_webhooks(source: psycopg.Connection, tenancy: uuid.UUID, hooks: delivery.TenancyDelivery) -> None:
         """Queue the tenancy again for its webhooks: now when one has more than a round's
-        batches, soon when one was busy or unreadable, at the earliest backoff end otherwise."""
+        batches, soon when one was busy or unreadable, and for the earliest end of a backoff
+        (also of endpoints this round skipped: the request that ran may be the one that was
+        queued for that backoff, pulled forward by new changes)."""
         again = [0.0 if e.more else BUSY_RETRY_S if e.busy else WEBHOOK_READ_RETRY_S
                  for e in hooks.endpoints if e.more or e.busy or e.read_failed]
         if again:
             source.execute("select pyglue.enqueue_sync(%s, make_interval(secs => %s))", (tenancy, min(again)))
-        if any(e.outcome == "retrying" for e in hooks.endpoints):
-            source.execute(queries.load("schedule_webhook_retry"), {"tenancy_id": tenancy})
+        source.execute(queries.load("schedule_webhook_retry"), {"tenancy_id": tenancy})
 
     def _renew(self, source: psycopg.Connection, request_id: int) -> None:
         """Renew the lease (and make this session its holder) after a page; a lease lost to

@@ -157,9 +157,9 @@ def deliver_endpoint(source: fetch.SourceConnection, tenancy_id: uuid.UUID, hook
         outcome.events += len(events)
         outcome.batches += 1
         options.on_batch()
-        cursor, until = batch_end, None
-        if len(events) < options.batch_size:
+        if len(events) < options.batch_size and until is None:  # caught up (a retried batch may be short)
             return
+        cursor, until = batch_end, None
     outcome.more = True
 
 
