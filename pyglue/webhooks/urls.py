@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpcore
 
@@ -49,7 +49,7 @@ def split(url: str) -> tuple[str, str, int]:
     if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
         raise PyglueError(f"invalid webhook URL {describe(url)!r}: only http:// and https:// URLs with a host"
                           " are accepted")
-    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, unquote(parts.hostname), port or (443 if parts.scheme == "https" else 80)
 
 
 def check(url: str, allow_private: bool = False, resolver: Resolver = resolve) -> None:
