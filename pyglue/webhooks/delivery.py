@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import json
 import threading
 import time
@@ -168,6 +169,7 @@ def _tables(source: psycopg.Connection, names: list[str] | None) -> list[dict]:
         return source.execute(queries.load("webhook_tables"), {"tables": names}).fetchall()
 
 
+@functools.cache
 def _template():
     return render.environment(paths.TEMPLATES / "webhooks").get_template("events.sql.j2")
 
