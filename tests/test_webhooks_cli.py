@@ -58,6 +58,7 @@ def test_add_list_disable_enable_retry_remove(source):
     (["--url", "http://127.0.0.1:9/", "--allow-private", "--table", "app.nope"],
      "error: cannot subscribe webhook w to app.nope: not a tracked table"),
     (["--url", "http://127.0.0.1:9/", "--allow-private", "--secret", "nope"], "error: invalid webhook secret"),
+    (["--url", "http://127.0.0.1:9/", "--allow-private", "--mapping", "nope"], "error: unknown mapping 'nope'"),
 ])
 def test_bad_input_is_one_line(source, args, message):
     dsn, conn, tenancy = source

@@ -8,6 +8,8 @@ from dataclasses import replace
 
 import pytest
 
+from pyglue.errors import PyglueError
+from pyglue.sync import mappings
 from pyglue.webhooks import endpoints
 from tests import factories as f
 from tests.webhook_receiver import Receiver, free_port
@@ -81,6 +83,31 @@ def test_tables_chosen_and_a_mapping_of_rows_never_crosses_tenancies(hooks, rece
     f.team(hooks.conn, hooks.tenancy, "t")
     hooks.run_until_idle()
     assert summary(receiver.all_events()) == [("insert", "app.users", str(u))]
+
+
+def test_a_mapping_shapes_the_rows_of_its_table(hooks, receiver):
+    users = mappings.select(mappings.load_all(), ["users"])
+    hooks.add("shaped", receiver, tables=["app.users", "app.teams"], shaped_by=users)
+    u = f.user(hooks.conn, hooks.tenancy, "carol", email="carol@example.com")
+    hooks.run_until_idle()
+    t = f.team(hooks.conn, hooks.tenancy, "crew")
+    hooks.run_until_idle()
+    hooks.conn.execute("update app.contact_channels set is_verified = true where user_id = %s", (u,))  # re-flags u
+    hooks.conn.execute("delete from app.users where id = %s", (u,))
+    hooks.run_until_idle()
+    events = receiver.all_events()
+    assert [(e["type"], e["table"], e.get("mapping")) for e in events] == [
+        ("insert", "app.users", "users"), ("insert", "app.teams", None), ("delete", "app.users", None)]
+    shaped = events[0]["row"]
+    assert shaped["primary_email"] == "carol@example.com" and shaped["primary_email_verified"] is False
+    assert set(shaped) == {"id", "display_name", "profile_image_url", "primary_email", "primary_email_verified",
+                           "signed_up_at", "is_anonymous", "client_metadata", "client_read_only_metadata",
+                           "server_metadata"}
+    assert events[1]["row"]["id"] == str(t) and "created_at" in events[1]["row"]  # not shaped: the stored row
+    assert events[2]["key"] == {"tenancy_id": str(hooks.tenancy), "id": str(u)}
+    with pytest.raises(PyglueError, match="cannot shape webhook other rows with mapping users: its table app.users"
+                                          " is not one the webhook receives"):
+        hooks.add("other", receiver, tables=["app.teams"], shaped_by=users)
 
 
 def test_500_three_times_then_200_resends_the_same_batch_then_later_events(hooks, receiver):

@@ -71,6 +71,10 @@ def test_other_refusals(conn, tenancy):
     refused(conn, "42P01", "cannot subscribe webhook h2 to app.nope, pyglue.webhooks: not a tracked table", ADD,
             (tenancy, "h2", "https://x.example/", ["app.users", "app.nope", "pyglue.webhooks"], None, False))
     refused(conn, "22023", "invalid webhook secret", ADD, (tenancy, "h2", "https://x.example/", None, "short", False))
+    conn.execute("select pyglue.register_mapping('users', 'app.users'::regclass)")
+    refused(conn, "22023", "cannot shape webhook h2 rows with mapping users, Bad: not a mapping of a table it receives",
+            "select * from pyglue.add_webhook(%s, %s, %s, %s, p_mappings => %s)",
+            (tenancy, "h2", "https://x.example/", ["app.teams"], ["users", "Bad"]))
     refused(conn, "22023", "invalid webhook secret", ADD,
             (tenancy, "h2", "https://x.example/", None, "whsec_" + base64.b64encode(b"k" * 8).decode(), False))
 

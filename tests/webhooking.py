@@ -29,8 +29,9 @@ class Hooks:
     secrets: dict[str, str] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
 
-    def add(self, name: str, receiver: Receiver, tenancy=None, tables=None) -> str:
-        _, secret = endpoints.add(self.conn, tenancy or self.tenancy, name, receiver.url, tables, allow_private=True)
+    def add(self, name: str, receiver: Receiver, tenancy=None, tables=None, shaped_by=None) -> str:
+        _, secret = endpoints.add(self.conn, tenancy or self.tenancy, name, receiver.url, tables, allow_private=True,
+                                  shaped_by=shaped_by)
         self.secrets[name] = secret
         return secret
 

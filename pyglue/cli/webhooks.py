@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import click
 
 from pyglue import db
-from pyglue.sync import targets
+from pyglue.cli.sync import MAPPINGS_DIR
+from pyglue.sync import mappings, targets
 from pyglue.webhooks import endpoints
 
 TENANT = click.option("--tenant", "tenant", type=click.UUID, required=True, help="Tenancy id (uuid).")
@@ -31,12 +33,17 @@ def webhooks_group() -> None:
                    " $PYGLUE_WEBHOOK_SECRET.")
 @click.option("--allow-private", is_flag=True,
               help="Accept loopback, private and link-local addresses (tests, internal receivers).")
+@click.option("--mapping", "mapping_names", multiple=True,
+              help="Sync mapping whose rows replace its source table's stored rows in events (repeatable).")
+@MAPPINGS_DIR
 @click.pass_obj
 def webhooks_add(obj, tenant: uuid.UUID, name: str, url: str, tables: tuple[str, ...], secret: str | None,
-                 allow_private: bool) -> None:
+                 allow_private: bool, mapping_names: tuple[str, ...], mappings_dirs: tuple[Path, ...]) -> None:
     """Add an endpoint; it receives every change sequenced from now on."""
+    shaped_by = mappings.select(mappings.load_all(list(mappings_dirs)), list(mapping_names)) if mapping_names else []
     with db.connect(obj.dsn) as conn:
-        hook_id, stored = endpoints.add(conn, tenant, name, url, list(tables) or None, secret, allow_private)
+        hook_id, stored = endpoints.add(conn, tenant, name, url, list(tables) or None, secret, allow_private,
+                                        shaped_by)
     click.echo(f"webhook {name} (id {hook_id}) added for tenancy {tenant}")
     if secret is None:  # generated: this is the only time it is shown
         click.echo(f"signing secret (shown once, store it now): {stored}")

@@ -148,7 +148,7 @@ class Worker:
                 hooks = delivery.deliver_tenancy(
                     source, tenancy, self._http(),
                     replace(self.options.webhooks, stop=self.stop, on_batch=lambda: self._renew(source, request_id)),
-                    self.log)
+                    self.log, self.mappings)
             with source.transaction():
                 if result.stopped or result.sync_disabled or (hooks is not None and hooks.stopped):
                     released = source.execute("select pyglue.release_request(%s, %s) as ok",

@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 
 import httpx
 import psycopg
+import psycopg.sql
 
 from pyglue import paths, queries, render
 from pyglue.errors import PyglueError
 from pyglue.sync import fetch
 from pyglue.sync.engine import Stopped  # the caller asked to stop (or lost its lease) between batches
+from pyglue.sync.mappings import Mapping
 from pyglue.webhooks import signing, urls
 
 _NO_END = 2**63 - 1
@@ -97,8 +99,10 @@ class Clients:
 
 
 def deliver_tenancy(source: fetch.SourceConnection, tenancy_id: uuid.UUID, clients: Clients,
-                    options: Options | None = None, log: Callable[[str], None] = lambda _l: None) -> TenancyDelivery:
-    """One round over the tenancy's due endpoints; never raises for an endpoint's failure."""
+                    options: Options | None = None, log: Callable[[str], None] = lambda _l: None,
+                    known: list[Mapping] = ()) -> TenancyDelivery:
+    """One round over the tenancy's due endpoints; never raises for an endpoint's failure.
+    known: the mappings an endpoint may name to shape its rows (the worker's)."""
     options = options or Options()
     result = TenancyDelivery(tenancy_id)
     with source.transaction():
@@ -108,7 +112,7 @@ def deliver_tenancy(source: fetch.SourceConnection, tenancy_id: uuid.UUID, clien
         outcome = EndpointResult(hook["name"])
         result.endpoints.append(outcome)
         try:
-            deliver_endpoint(source, tenancy_id, hook, clients, options, outcome)
+            deliver_endpoint(source, tenancy_id, hook, clients, options, outcome, known)
         except Stopped:
             result.stopped = True
             break
@@ -123,13 +127,14 @@ def deliver_tenancy(source: fetch.SourceConnection, tenancy_id: uuid.UUID, clien
 
 
 def deliver_endpoint(source: fetch.SourceConnection, tenancy_id: uuid.UUID, hook: dict, clients: Clients,
-                     options: Options, outcome: EndpointResult) -> None:
+                     options: Options, outcome: EndpointResult, known: list[Mapping] = ()) -> None:
     cursor, until = hook["last_delivered_sequence_id"], hook["pending_batch_end"]
     tables = _tables(source, hook["tables"])
+    shapes = _shapes(hook, known)
     for _ in range(options.max_batches):
         if options.stop.is_set():
             raise Stopped()
-        events = fetch_events(source, tenancy_id, hook["name"], tables, cursor, until, options)
+        events = fetch_events(source, tenancy_id, hook["name"], tables, cursor, until, options, shapes)
         if not events:
             return
         batch_end = events[-1]["sequence_id"]
@@ -164,6 +169,16 @@ def deliver_endpoint(source: fetch.SourceConnection, tenancy_id: uuid.UUID, hook
     outcome.more = True
 
 
+def _shapes(hook: dict, known: list[Mapping]) -> dict[str, Mapping]:
+    """Source table -> the mapping that shapes its rows for this endpoint."""
+    by_name = {m.name: m for m in known}
+    missing = [n for n in hook["mappings"] or [] if n not in by_name]
+    if missing:
+        raise PyglueError(f"webhook {hook['name']}: mapping {missing[0]!r} is not among the worker's mappings"
+                          f" ({', '.join(sorted(by_name)) or 'none'})")
+    return {by_name[n].source_table: by_name[n] for n in hook["mappings"] or []}
+
+
 def _tables(source: psycopg.Connection, names: list[str] | None) -> list[dict]:
     with source.transaction():
         return source.execute(queries.load("webhook_tables"), {"tables": names}).fetchall()
@@ -175,8 +190,9 @@ def _template():
 
 
 def fetch_events(source: fetch.SourceConnection, tenancy_id: uuid.UUID, name: str, tables: list[dict], cursor: int,
-                 until: int | None, options: Options) -> list[dict]:
-    """The endpoint's next events after cursor (and up to until), read under tenant isolation."""
+                 until: int | None, options: Options, shapes: dict[str, Mapping] | None = None) -> list[dict]:
+    """The endpoint's next events after cursor (and up to until), read under tenant isolation;
+    the rows of a table in shapes are that mapping's rows (matched by sequence id)."""
     if not tables:
         return []
     sql = _template().render(tables=tables)
@@ -202,7 +218,31 @@ def fetch_events(source: fetch.SourceConnection, tenancy_id: uuid.UUID, name: st
         events.append({"id": f"evt_{sequence_id}", "type": kind, "table": table,
                        "key": {k: row.get(k) for k in keys[table]}, "row": row, "sequence_id": sequence_id,
                        "occurred_at": occurred.isoformat() if occurred else None})
+    for table, mapping in (shapes or {}).items():
+        _shape(source, tenancy_id, mapping, [e for e in events if e["table"] == table and e["type"] != "delete"],
+               cursor, options)
     return events
+
+
+_SHAPED = psycopg.sql.SQL("select m.sequence_id, to_jsonb(m) - 'sequence_id' - 'is_deleted' as row from ({}) m")
+
+
+def _shape(source: fetch.SourceConnection, tenancy_id: uuid.UUID, mapping: Mapping, events: list[dict], cursor: int,
+           options: Options) -> None:
+    """Replace the rows of these events by the mapping's rows of the same sequence ids: its fetch
+    (validated, run over the fetch login like a sync page) from the same cursor returns them,
+    since the batch holds at most batch_size of its source table's changes."""
+    if not events:
+        return
+    _, rows = fetch.fetch_rows(source, tenancy_id, mapping.name, _SHAPED.format(psycopg.sql.SQL(mapping.fetch_sql)),
+                               {"tenancy_id": tenancy_id, "cursor": cursor, "limit": options.batch_size},
+                               options.batch_size, options.statement_timeout_ms)
+    shaped = {sequence_id: row for sequence_id, row in rows}
+    for event in events:
+        if event["sequence_id"] not in shaped:
+            raise PyglueError(f"mapping {mapping.name} returned no row for sequence id {event['sequence_id']} of"
+                              f" {mapping.source_table}: its fetch must return the source rows' sequence ids")
+        event["row"], event["mapping"] = json.loads(shaped[event["sequence_id"]]), mapping.name
 
 
 def payload(tenancy_id: uuid.UUID, name: str, events: list[dict]) -> bytes:

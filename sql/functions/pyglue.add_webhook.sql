@@ -1,10 +1,15 @@
--- pyglue.add_webhook(p_tenancy_id, p_name, p_url, p_tables, p_secret, p_allow_private):
--- register an HTTP endpoint that receives a tenancy's sequenced changes as signed POSTs.
+-- pyglue.add_webhook(p_tenancy_id, p_name, p_url, p_tables, p_secret, p_allow_private,
+-- p_mappings): register an HTTP endpoint that receives a tenancy's sequenced changes as
+-- signed POSTs.
 --
 -- The endpoint starts at the current end of the change feed: it receives every change
 -- sequenced after it was added (rows flagged but not yet sequenced included), in order,
 -- from its own cursor (pyglue.webhooks.last_delivered_sequence_id). p_tables: tracked
 -- tables it subscribes to (null: every tracked table, including ones tracked later).
+-- p_mappings: sync mappings (by name) that shape the rows of their source tables, as they
+-- shape a target's rows; the worker must know them (its mappings folders); a mapping whose
+-- source table the endpoint does not receive is refused when registered, else it is
+-- checked by the Python layer.
 -- p_secret: a Standard Webhooks secret 'whsec_<base64 of 24-64 bytes>'; generated (32
 -- random bytes from gen_random_uuid) when null. The secret is returned here once;
 -- nothing else pyglue prints shows it (the table is not readable by pyglue_mapping_reader).
@@ -19,12 +24,12 @@
 -- Installs the first-stamp column and trigger (pyglue._track_first_stamp) on the
 -- subscribed tables, so events can say insert or update.
 -- Returns: the endpoint id and its secret.
--- Errors: 22004 null tenancy; 22023 bad name, URL, secret or table list; 23503 unknown
+-- Errors: 22004 null tenancy; 22023 bad name, URL, secret, table or mapping list; 23503 unknown
 -- tenancy (when app.tenancies exists); 42P01 a table that is not tracked; 23505 name taken.
 -- Locks: ACCESS EXCLUSIVE briefly on each subscribed table the first time (ADD COLUMN).
 create or replace function pyglue.add_webhook(p_tenancy_id uuid, p_name text, p_url text,
                                               p_tables text[] default null, p_secret text default null,
-                                              p_allow_private boolean default false)
+                                              p_allow_private boolean default false, p_mappings text[] default null)
 returns table (id bigint, secret text)
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -95,6 +100,16 @@ begin
         from unnest(p_tables) as x(name);
     end if;
 
+    select string_agg(x.name, ', ' order by x.ord) into v_bad
+    from unnest(p_mappings) with ordinality as x(name, ord)
+    left join pyglue.sync_mappings m on m.name = x.name
+    where x.name is null or x.name !~ '^[a-z][a-z0-9_]{0,62}$'
+       or (m.name is not null and v_tables is not null and not (m.source_table = any (v_tables)));
+    if v_bad is not null then
+        raise exception 'cannot shape webhook % rows with mapping %: not a mapping of a table it receives', p_name, v_bad
+            using errcode = '22023';
+    end if;
+
     if v_secret is null then
         v_key := decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex');
         v_secret := 'whsec_' || encode(v_key, 'base64');
@@ -111,8 +126,9 @@ begin
     end if;
 
     begin
-        insert into pyglue.webhooks (tenancy_id, name, url, tables, secret, allow_private, last_delivered_sequence_id)
-        values (p_tenancy_id, p_name, p_url, v_tables, v_secret, coalesce(p_allow_private, false),
+        insert into pyglue.webhooks (tenancy_id, name, url, tables, mappings, secret, allow_private,
+                                     last_delivered_sequence_id)
+        values (p_tenancy_id, p_name, p_url, v_tables, nullif(p_mappings, '{}'), v_secret, coalesce(p_allow_private, false),
                 (select case when s.is_called then s.last_value else 0 end from pyglue.change_sequence s))
         returning pyglue.webhooks.id into v_id;
     exception when unique_violation then
@@ -129,5 +145,5 @@ begin
 end;
 $$;
 
-comment on function pyglue.add_webhook(uuid, text, text, text[], text, boolean) is
-    'Register a webhook endpoint of a tenancy for the changes of chosen tracked tables (all when null); returns its id and its secret (generated when not given), the only time it is shown.';
+comment on function pyglue.add_webhook(uuid, text, text, text[], text, boolean, text[]) is
+    'Register a webhook endpoint of a tenancy for the changes of chosen tracked tables (all when null), rows optionally shaped by sync mappings; returns its id and its secret (generated when not given), the only time it is shown.';

@@ -7,7 +7,7 @@
 -- secret never.
 create or replace function pyglue.webhook_status(p_tenancy_id uuid default null)
 returns table (
-    tenancy_id uuid, name text, url text, tables text[], enabled boolean, state text,
+    tenancy_id uuid, name text, url text, tables text[], mappings text[], enabled boolean, state text,
     pending_events bigint, last_delivered_sequence_id bigint, last_delivered_at timestamptz,
     last_success_at timestamptz, last_failure_at timestamptz, last_status integer, last_error text,
     last_response text, attempts integer, retry_after timestamptz, parked_at timestamptz,
@@ -53,6 +53,7 @@ begin
         name := v_hook.name;
         url := regexp_replace(v_hook.url, '^([A-Za-z]+://)[^/?#@]*@', '\1');
         tables := v_hook.tables;
+        mappings := v_hook.mappings;
         enabled := v_hook.enabled;
         state := case when v_hook.parked_at is not null then 'parked'
                       when not v_hook.enabled then 'disabled'

@@ -9,7 +9,7 @@ drop function if exists pyglue.record_webhook_delivery(bigint, bigint, bigint, i
 drop function if exists pyglue.retry_webhook(uuid, text);
 drop function if exists pyglue.set_webhook_enabled(uuid, text, boolean);
 drop function if exists pyglue.remove_webhook(uuid, text);
-drop function if exists pyglue.add_webhook(uuid, text, text, text[], text, boolean);
+drop function if exists pyglue.add_webhook(uuid, text, text, text[], text, boolean, text[]);
 drop function if exists pyglue._untrack_first_stamp(regclass);
 drop function if exists pyglue._track_first_stamp(regclass);
 drop function if exists pyglue._tg_first_stamp();

@@ -13,6 +13,7 @@ create table if not exists pyglue.webhooks (
     name                       text not null,
     url                        text not null,
     tables                     text[],
+    mappings                   text[],
     secret                     text not null,
     allow_private              boolean not null default false,
     enabled                    boolean not null default true,
@@ -32,6 +33,8 @@ create table if not exists pyglue.webhooks (
 );
 comment on table pyglue.webhooks is
     'HTTP endpoints of a tenancy that receive its changes (subscribed tables, null: all), with their cursor, secret and delivery health; the secret is never printed after creation';
+comment on column pyglue.webhooks.mappings is
+    'Sync mappings that shape the rows of their source tables in this endpoint''s events (null: rows as stored)';
 comment on column pyglue.webhooks.pending_batch_end is
     'Sequence id of the last event of the batch being retried: a retry sends exactly that batch again';
 
@@ -125,13 +128,18 @@ comment on function pyglue._untrack_first_stamp(regclass) is
     'Drop the first-stamp trigger and column of a table (see _track_first_stamp).';
 
 -- copied from sql/functions/pyglue.add_webhook.sql
--- pyglue.add_webhook(p_tenancy_id, p_name, p_url, p_tables, p_secret, p_allow_private):
--- register an HTTP endpoint that receives a tenancy's sequenced changes as signed POSTs.
+-- pyglue.add_webhook(p_tenancy_id, p_name, p_url, p_tables, p_secret, p_allow_private,
+-- p_mappings): register an HTTP endpoint that receives a tenancy's sequenced changes as
+-- signed POSTs.
 --
 -- The endpoint starts at the current end of the change feed: it receives every change
 -- sequenced after it was added (rows flagged but not yet sequenced included), in order,
 -- from its own cursor (pyglue.webhooks.last_delivered_sequence_id). p_tables: tracked
 -- tables it subscribes to (null: every tracked table, including ones tracked later).
+-- p_mappings: sync mappings (by name) that shape the rows of their source tables, as they
+-- shape a target's rows; the worker must know them (its mappings folders); a mapping whose
+-- source table the endpoint does not receive is refused when registered, else it is
+-- checked by the Python layer.
 -- p_secret: a Standard Webhooks secret 'whsec_<base64 of 24-64 bytes>'; generated (32
 -- random bytes from gen_random_uuid) when null. The secret is returned here once;
 -- nothing else pyglue prints shows it (the table is not readable by pyglue_mapping_reader).
@@ -146,12 +154,12 @@ comment on function pyglue._untrack_first_stamp(regclass) is
 -- Installs the first-stamp column and trigger (pyglue._track_first_stamp) on the
 -- subscribed tables, so events can say insert or update.
 -- Returns: the endpoint id and its secret.
--- Errors: 22004 null tenancy; 22023 bad name, URL, secret or table list; 23503 unknown
+-- Errors: 22004 null tenancy; 22023 bad name, URL, secret, table or mapping list; 23503 unknown
 -- tenancy (when app.tenancies exists); 42P01 a table that is not tracked; 23505 name taken.
 -- Locks: ACCESS EXCLUSIVE briefly on each subscribed table the first time (ADD COLUMN).
 create or replace function pyglue.add_webhook(p_tenancy_id uuid, p_name text, p_url text,
                                               p_tables text[] default null, p_secret text default null,
-                                              p_allow_private boolean default false)
+                                              p_allow_private boolean default false, p_mappings text[] default null)
 returns table (id bigint, secret text)
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -222,6 +230,16 @@ begin
         from unnest(p_tables) as x(name);
     end if;
 
+    select string_agg(x.name, ', ' order by x.ord) into v_bad
+    from unnest(p_mappings) with ordinality as x(name, ord)
+    left join pyglue.sync_mappings m on m.name = x.name
+    where x.name is null or x.name !~ '^[a-z][a-z0-9_]{0,62}$'
+       or (m.name is not null and v_tables is not null and not (m.source_table = any (v_tables)));
+    if v_bad is not null then
+        raise exception 'cannot shape webhook % rows with mapping %: not a mapping of a table it receives', p_name, v_bad
+            using errcode = '22023';
+    end if;
+
     if v_secret is null then
         v_key := decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex');
         v_secret := 'whsec_' || encode(v_key, 'base64');
@@ -238,8 +256,9 @@ begin
     end if;
 
     begin
-        insert into pyglue.webhooks (tenancy_id, name, url, tables, secret, allow_private, last_delivered_sequence_id)
-        values (p_tenancy_id, p_name, p_url, v_tables, v_secret, coalesce(p_allow_private, false),
+        insert into pyglue.webhooks (tenancy_id, name, url, tables, mappings, secret, allow_private,
+                                     last_delivered_sequence_id)
+        values (p_tenancy_id, p_name, p_url, v_tables, nullif(p_mappings, '{}'), v_secret, coalesce(p_allow_private, false),
                 (select case when s.is_called then s.last_value else 0 end from pyglue.change_sequence s))
         returning pyglue.webhooks.id into v_id;
     exception when unique_violation then
@@ -256,8 +275,8 @@ begin
 end;
 $$;
 
-comment on function pyglue.add_webhook(uuid, text, text, text[], text, boolean) is
-    'Register a webhook endpoint of a tenancy for the changes of chosen tracked tables (all when null); returns its id and its secret (generated when not given), the only time it is shown.';
+comment on function pyglue.add_webhook(uuid, text, text, text[], text, boolean, text[]) is
+    'Register a webhook endpoint of a tenancy for the changes of chosen tracked tables (all when null), rows optionally shaped by sync mappings; returns its id and its secret (generated when not given), the only time it is shown.';
 
 -- copied from sql/functions/pyglue.remove_webhook.sql
 -- pyglue.remove_webhook(p_tenancy_id, p_name): forget a webhook endpoint and its delivery
@@ -423,7 +442,7 @@ comment on function pyglue.record_webhook_delivery(bigint, bigint, bigint, integ
 -- secret never.
 create or replace function pyglue.webhook_status(p_tenancy_id uuid default null)
 returns table (
-    tenancy_id uuid, name text, url text, tables text[], enabled boolean, state text,
+    tenancy_id uuid, name text, url text, tables text[], mappings text[], enabled boolean, state text,
     pending_events bigint, last_delivered_sequence_id bigint, last_delivered_at timestamptz,
     last_success_at timestamptz, last_failure_at timestamptz, last_status integer, last_error text,
     last_response text, attempts integer, retry_after timestamptz, parked_at timestamptz,
@@ -469,6 +488,7 @@ begin
         name := v_hook.name;
         url := regexp_replace(v_hook.url, '^([A-Za-z]+://)[^/?#@]*@', '\1');
         tables := v_hook.tables;
+        mappings := v_hook.mappings;
         enabled := v_hook.enabled;
         state := case when v_hook.parked_at is not null then 'parked'
                       when not v_hook.enabled then 'disabled'
