@@ -37,7 +37,6 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import replace
 
 import click
 import psycopg
@@ -189,7 +188,9 @@ def measure_latency(source_dsn: str, target_dsn: str, port: int, seconds: float,
                     WorkerOptions(sequencer_interval_s=0.05, webhooks=hooks), log=log.append)
     board, stop = MarkerBoard(), threading.Event()
     worker_thread = threading.Thread(target=worker.run, daemon=True)
-    poller = threading.Thread(target=poll_target, args=(target_dsn, board, stop), daemon=True) if path == "sync" else None
+    poller = None
+    if path == "sync":
+        poller = threading.Thread(target=poll_target, args=(target_dsn, board, stop), daemon=True)
     worker_thread.start()
     if poller:
         poller.start()
@@ -243,8 +244,9 @@ def report(facts: dict, users: int, lines: list[Line], latencies: dict[str, Late
         w, s = latencies["webhooks"].summary, latencies["sync"].summary
         rows.append(("ratio webhooks / sync", f"{w['p50'] / s['p50']:.2f}", f"{w['p95'] / s['p95']:.2f}",
                      f"{w['p99'] / s['p99']:.2f}", "", "", ""))
-    parts += [small_table(("latency, change committed -> seen", "p50 ms", "p95 ms", "p99 ms", "max ms", "seen / committed",
-                           "writer rate"), rows, markdown, aligns="lrrrrrr"), ""]
+    header = ("latency, change committed -> seen", "p50 ms", "p95 ms", "p99 ms", "max ms", "seen / committed",
+              "writer rate")
+    parts += [small_table(header, rows, markdown, aligns="lrrrrrr"), ""]
     if markdown:
         parts += ["Throughput ratios are the webhook events/s over the users mapping's sync rows/s of the same rows in "
                   "the same run (a sync also compacts each page to the last change per key and writes one upsert; a "

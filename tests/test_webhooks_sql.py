@@ -97,7 +97,8 @@ def test_subscribed_tables_get_first_stamps_and_events_can_tell_insert_from_upda
 def test_tables_tracked_later_get_first_stamps_while_an_all_tables_webhook_exists(conn, tenancy):
     conn.execute("create table public.gadgets (tenancy_id uuid not null, id int, primary key (tenancy_id, id))")
     conn.execute("select pyglue.track_table('public.gadgets')")
-    has = "select count(*) as n from pg_attribute where attrelid = 'public.gadgets'::regclass and attname = 'first_sequence_id'"
+    has = ("select count(*) as n from pg_attribute where attrelid = 'public.gadgets'::regclass"
+           " and attname = 'first_sequence_id'")
     assert conn.execute(has).fetchone()["n"] == 0  # no webhook yet: tracking is unchanged
     add(conn, tenancy)
     assert conn.execute(has).fetchone()["n"] == 1
