@@ -135,6 +135,9 @@ def deliver_endpoint(source: fetch.SourceConnection, tenancy_id: uuid.UUID, hook
         if options.stop.is_set():
             raise Stopped()
         events = fetch_events(source, tenancy_id, hook["name"], tables, cursor, until, options, shapes)
+        if not events and until is not None:  # the retried batch's rows changed since (sequenced again, later)
+            until = None
+            continue
         if not events:
             return
         batch_end = events[-1]["sequence_id"]
