@@ -57,8 +57,8 @@ def test_delivery_refuses_a_name_that_now_resolves_to_loopback():
     address checked; here the name resolves to a loopback receiver, which gets nothing."""
     receiver = Receiver().up()
     try:
-        client = httpx.Client(trust_env=False)
-        client._transport._pool._network_backend = urls.GuardedBackend(resolving_to("127.0.0.1"))
+        clients = delivery.Clients(delivery.Options(), resolver=resolving_to("127.0.0.1"))
+        client = clients.public  # what the worker uses for an endpoint added without allow_private
         with pytest.raises(httpx.ConnectError, match="rebound.example resolves to 127.0.0.1: a loopback"):
             client.post(f"http://rebound.example:{receiver.port}/hook", content=b"{}")
         assert receiver.count() == 0
@@ -66,7 +66,8 @@ def test_delivery_refuses_a_name_that_now_resolves_to_loopback():
                                                         "secret": "whsec_" + "A" * 32}, "msg_1", b"{}")
         assert status is None and "ConnectError" in error and "pw" not in error and "k=v" not in error
         assert receiver.count() == 0
-        client.close()
+        assert clients.for_endpoint({"allow_private": False}) is client
+        clients.close()
     finally:
         receiver.down()
 

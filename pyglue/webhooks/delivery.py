@@ -84,10 +84,12 @@ class Clients:
     one for endpoints added with allow_private. No proxies from the environment, no
     redirects followed (a 3xx parks the endpoint like a 4xx)."""
 
-    def __init__(self, options: Options):
+    def __init__(self, options: Options, resolver: urls.Resolver = urls.resolve):
         timeout = httpx.Timeout(options.read_timeout_s, connect=options.connect_timeout_s)
         self.public = httpx.Client(timeout=timeout, trust_env=False, follow_redirects=False)
-        self.public._transport._pool._network_backend = urls.GuardedBackend()  # httpcore's pool, our sockets
+        # httpx has no public hook for the socket layer: give its httpcore pool our backend
+        # (httpx < 1 is pinned in setup.cfg; tests/test_webhooks_urls.py proves it is used)
+        self.public._transport._pool._network_backend = urls.GuardedBackend(resolver)
         self.private = httpx.Client(timeout=timeout, trust_env=False, follow_redirects=False)
 
     def for_endpoint(self, hook: dict) -> httpx.Client:
