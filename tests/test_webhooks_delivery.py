@@ -4,6 +4,7 @@ signatures, retries with backoff, Retry-After, parking, retry, an outage, isolat
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 
 import pytest
@@ -175,6 +176,27 @@ def test_400_parks_that_endpoint_only_and_retry_resumes_it(hooks, receiver):
         other_receiver.down()
     finally:
         good.down()
+
+
+def test_a_hanging_receiver_times_out_and_backs_off_without_holding_the_others(hooks, receiver):
+    slow = Receiver(delay_s=3.0).up()
+    try:
+        hooks.add("a-slow", slow)  # served first (by name)
+        hooks.add("b-fast", receiver)
+        u = f.user(hooks.conn, hooks.tenancy, "u")
+        started = time.monotonic()
+        with hooks.worker(replace(FAST, read_timeout_s=0.3, base_delay_s=5.0, max_delay_s=5.0)):
+            wait_for(lambda: receiver.all_events(only_2xx=True), timeout=10, what="the fast endpoint served")
+            took = time.monotonic() - started
+            v = f.user(hooks.conn, hooks.tenancy, "v")  # while a-slow backs off, b-fast goes on
+            wait_for(lambda: len(receiver.all_events(only_2xx=True)) == 2, timeout=10, what="next change")
+        assert took < 2.5, took  # one read timeout of a-slow (0.3 s), not its 3 s answer
+        assert summary(receiver.all_events()) == [("insert", "app.users", str(u)), ("insert", "app.users", str(v))]
+        s = hooks.status("a-slow")
+        assert s["state"] == "retrying" and s["last_status"] is None and "ReadTimeout" in s["last_error"]
+        assert slow.count() == 1
+    finally:
+        slow.down()
 
 
 def test_receiver_down_for_a_while_loses_nothing(hooks):
