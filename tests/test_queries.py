@@ -21,6 +21,7 @@ SAMPLES = {"tenancy_id": uuid.uuid4(), "project": "demo", "users": 10, "busy_ret
            "purchase_kind": "subscription", "purchase_id": uuid.uuid4(), "quantity": 1, "amount": 1, "currency": "USD",
            "include_anonymous": False, "refund_id": 1, "stripe_refund_id": "re_1", "subscription_id": uuid.uuid4(),
            "schemas": ["pyglue", "app", "billing"]}
+SAMPLES |= {"tables": ["app.users"], "ignore_backoff": False, "ids": [1, 2]}  # webhooks
 NAMES = sorted(p.stem for p in queries.FOLDER.glob("*.sql"))
 
 

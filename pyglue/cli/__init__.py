@@ -133,6 +133,7 @@ from pyglue.cli import metrics as _metrics  # noqa: E402
 from pyglue.cli import seed as _seed  # noqa: E402
 from pyglue.cli import stripe as _stripe  # noqa: E402,F401  (stripe-sync, stripe-deliver join the billing group)
 from pyglue.cli import sync as _sync  # noqa: E402
+from pyglue.cli import webhooks as _webhooks  # noqa: E402
 
 cli.add_command(_billing.billing)
 cli.add_command(_db.db)
@@ -147,3 +148,4 @@ cli.add_command(_sync.targets_group)
 cli.add_command(_sync.sync_cmd)
 cli.add_command(_sync.status_cmd)
 cli.add_command(_sync.worker_cmd)
+cli.add_command(_webhooks.webhooks_group)
