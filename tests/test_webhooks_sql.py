@@ -1,4 +1,4 @@
-"""The webhook functions of migration 0019: add_webhook's checks, record_webhook_delivery's
+"""The webhook functions of migration 0020: add_webhook's checks, record_webhook_delivery's
 outcomes and backoff, webhook_status, first stamps (insert vs update), purge_deleted_rows."""
 
 from __future__ import annotations
