@@ -33,12 +33,18 @@ class Tenancy:
     project: str
     display_name: str
     id: uuid.UUID
-    target_db: str
+
+    def target_db(self, source_dsn: str) -> str:
+        """The tenancy's target database on the source's server: pyglue_demo_<project> beside
+        the server's postgres database, else <source database>_<project> (demos in two
+        databases of one server keep apart)."""
+        source = dsns.parse(source_dsn).get("dbname") or "postgres"
+        return f"pyglue_demo_{self.project}" if source == "postgres" else f"{source}_{self.project}"
 
 
-CUSTOMERS = [Tenancy("acme", "Acme Inc.", uuid.UUID("00000000-0000-4000-8000-00000000ac3e"), "pyglue_demo_acme"),
-             Tenancy("globex", "Globex Corp.", uuid.UUID("00000000-0000-4000-8000-0000000091b0"), "pyglue_demo_globex")]
-INTERNAL = Tenancy("internal", "Internal (billing)", uuid.UUID("00000000-0000-4000-8000-00000000000a"), "")
+CUSTOMERS = [Tenancy("acme", "Acme Inc.", uuid.UUID("00000000-0000-4000-8000-00000000ac3e")),
+             Tenancy("globex", "Globex Corp.", uuid.UUID("00000000-0000-4000-8000-0000000091b0"))]
+INTERNAL = Tenancy("internal", "Internal (billing)", uuid.UUID("00000000-0000-4000-8000-00000000000a"))
 TARGET_NAME = "demo"
 FREE_PLAN = {"display_name": "Free", "customer_type": "team", "product_line": "plans",
              "prices": {"free": {"amounts": {"USD": "0"}, "interval": [1, "month"]}},
@@ -72,10 +78,11 @@ def seed(conn: psycopg.Connection, dsn: str, tenancy: Tenancy, users: int, event
 
 def ensure_target(conn: psycopg.Connection, source_dsn: str, tenancy: Tenancy) -> str:
     """A database on the same server for the tenancy, registered as its target `demo`."""
-    target_dsn = dsns.with_dbname(source_dsn, tenancy.target_db)
+    name = tenancy.target_db(source_dsn)
+    target_dsn = dsns.with_dbname(source_dsn, name)
     with db.connect(source_dsn, autocommit=True) as admin:
-        if not admin.execute("select 1 from pg_database where datname = %s", (tenancy.target_db,)).fetchone():
-            admin.execute(sql.SQL("create database {}").format(sql.Identifier(tenancy.target_db)))
+        if not admin.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
+            admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     if not [t for t in targets.listing(conn, tenancy.id) if t["name"] == TARGET_NAME]:
         targets.add(conn, tenancy.id, TARGET_NAME, target_dsn)
     return target_dsn
@@ -183,8 +190,8 @@ def reset(dsn: str) -> list[str]:
         with conn.transaction():
             gone += [f"project {r['id']}" for r in conn.execute(queries.load("demo_reset"), {
                 "projects": [t.project for t in [INTERNAL, *CUSTOMERS]]})]
-        for t in CUSTOMERS:
-            if conn.execute("select 1 from pg_database where datname = %s", (t.target_db,)).fetchone():
-                conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(t.target_db)))
-                gone.append(f"database {t.target_db}")
+        for name in (t.target_db(dsn) for t in CUSTOMERS):
+            if conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
+                conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+                gone.append(f"database {name}")
     return gone

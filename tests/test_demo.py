@@ -45,9 +45,9 @@ def test_demo_runs_every_step_twice_and_after_a_reset(fresh_db, server, tmp_path
 
         reset = run(fresh_db, "--reset")
         assert reset.exit_code == 0, reset.output
-        assert "reset: dropped project acme" in reset.output and "reset: dropped database pyglue_demo_acme" in reset.output
+        assert "reset: dropped project acme" in reset.output and f"reset: dropped database {job.CUSTOMERS[0].target_db(fresh_db)}" in reset.output
         assert "300 users (300 added now)" in reset.output
     finally:
         with psycopg.connect(server.dsn, autocommit=True) as c:
             for t in job.CUSTOMERS:
-                c.execute(f"drop database if exists {t.target_db} with (force)")
+                c.execute(f"drop database if exists {t.target_db(fresh_db)} with (force)")
