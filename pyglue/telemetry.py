@@ -64,7 +64,7 @@ class Recorder:
         self._passes = self._stamped = 0
         self._seconds = 0.0
         self._last_pass: tuple[dt.datetime, int, float] | None = None
-        self._pages: dict[tuple[str, str, str], list] = {}  # (tenancy, target, mapping) -> [pages, rows, at]
+        self._pages: dict[tuple[int, str], list] = {}  # (target id, mapping) -> [pages, rows, at]
         self._runs: dict[tuple[str, str], list] = {}  # (tenancy, target) -> [runs, errors, at, error_at]
 
     def sequencer_pass(self, rows: int, seconds: float) -> None:
@@ -74,9 +74,9 @@ class Recorder:
             self._seconds += seconds
             self._last_pass = (_now(), rows, seconds)
 
-    def page_applied(self, tenancy_id, target: str, mapping: str, rows: int) -> None:
+    def page_applied(self, target_id: int, mapping: str, rows: int) -> None:
         with self._lock:
-            entry = self._pages.setdefault((str(tenancy_id), target, mapping), [0, 0, None])
+            entry = self._pages.setdefault((target_id, mapping), [0, 0, None])
             entry[0] += 1
             entry[1] += rows
             entry[2] = _now()
@@ -103,8 +103,8 @@ class Recorder:
             return
         with self._lock:
             passes, stamped, seconds, last = self._passes, self._stamped, self._seconds, self._last_pass
-            pages = [{"tenancy_id": t, "target": n, "mapping": m, "pages": p, "rows": r, "at": at.isoformat()}
-                     for (t, n, m), (p, r, at) in self._pages.items()]
+            pages = [{"target_id": t, "mapping": m, "pages": p, "rows": r, "at": at.isoformat()}
+                     for (t, m), (p, r, at) in self._pages.items()]
             runs = [{"tenancy_id": t, "target": n, "runs": r, "errors": e, "at": at.isoformat(),
                      "error_at": error_at and error_at.isoformat()}
                     for (t, n), (r, e, at, error_at) in self._runs.items()]
@@ -117,7 +117,7 @@ class Recorder:
                               last and last[2], Jsonb(pages), Jsonb(runs)))
         except psycopg.errors.UndefinedFunction:
             self._disabled = True
-            self.log(f"worker {self.worker}: telemetry not recorded (run pyglue db migrate for 0020_telemetry)")
+            self.log(f"worker {self.worker}: telemetry not recorded (run pyglue db migrate for 0021_telemetry)")
 
 
 class Collector:

@@ -339,3 +339,47 @@ def _claim(tables) -> str:
         return "claimed"
     except PyglueError as exc:
         return str(exc)
+
+
+SLOW = """select s.sequence_id, false as is_deleted, s.id, s.display_name || pg_sleep(0.8)::text as display_name
+from (select u.sequence_id, u.id, u.display_name from app.users u
+      where u.sequence_id > %(cursor)s and %(tenancy_id)s::uuid is not null
+      order by u.sequence_id limit %(limit)s) s
+order by s.sequence_id"""
+
+
+def test_a_first_sync_runs_its_mappings_side_by_side(world, tmp_path, connect):
+    """Two slow mappings of a fresh target: both fetches are seen running at the same time,
+    and the target ends complete."""
+    f.users_bulk(world.conn, world.tenancy, 1)
+    for name in ("slow_a", "slow_b"):
+        write_mapping(tmp_path, name, SLOW)
+    chosen = mappings.load_all([tmp_path], validate=False)
+    chosen = mappings.select(chosen, ["slow_a", "slow_b"])
+    done, result = threading.Event(), []
+    runner = threading.Thread(target=lambda: (result.append(engine.sync_until_caught_up(
+        world.dsn, world.tenancy, chosen, engine.Options(ignore_backoff=True))), done.set()))
+    runner.start()
+    watcher, most = connect(world.dsn, autocommit=True), 0
+    while not done.wait(0.02):
+        most = max(most, watcher.execute("select count(*) as n from pg_stat_activity where datname = current_database()"
+                                         " and application_name = 'pyglue fetch' and state = 'active'"
+                                         " and query like 'copy (%%'").fetchone()["n"])
+    runner.join()
+    assert not result[0].failed and most == 2
+    assert [r["display_name"] for r in world.rows("slow_a")] == [r["display_name"] for r in world.rows("slow_b")] != []
+
+
+def test_one_failing_mapping_of_a_first_sync_cancels_the_others_and_is_reported(world, tmp_path):
+    """Side by side, the broken mapping's error is the target's error; the users mapping stops
+    after its current page; once the broken one is left out, the next sync completes."""
+    f.users_bulk(world.conn, world.tenancy, 200)
+    write_mapping(tmp_path, "broken", "select 1 as sequence_id, false as is_deleted, null::uuid as id,"
+                                      " null::text as display_name from app.users where %(cursor)s >= 0"
+                                      " and %(tenancy_id)s::uuid is not null limit %(limit)s")
+    result = world.sync(page_size=5, names=["broken", "users"], extra_dirs=[tmp_path])
+    [failed] = result.failed
+    assert failed.error.startswith("mapping broken: fetch must return rows in strictly increasing sequence_id order")
+    assert len(world.rows("users")) < 200  # cancelled after a page or so, not run to the end (40 pages)
+    assert not world.sync(page_size=5, names=["users"]).failed
+    assert target_users(world) == source_users(world.conn, world.tenancy)

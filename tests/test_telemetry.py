@@ -82,10 +82,9 @@ def test_retry_request_refuses_a_missing_or_live_request(conn):
 def test_record_telemetry_adds_up_and_keeps_the_latest_pass(conn):
     t = f.tenancy(conn)
     targets.add(conn, t, "main", "postgresql://u@127.0.0.1:1/x")
-    pages = Jsonb([{"tenancy_id": str(t), "target": "main", "mapping": "users", "pages": 2, "rows": 70,
-                    "at": "2030-01-01T00:00:00+00:00"},
-                   {"tenancy_id": str(t), "target": "gone", "mapping": "users", "pages": 1, "rows": 1,
-                    "at": "2030-01-01T00:00:00+00:00"}])
+    main = conn.execute("select id from pyglue.sync_targets where tenancy_id = %s", (t,)).fetchone()["id"]
+    pages = Jsonb([{"target_id": main, "mapping": "users", "pages": 2, "rows": 70, "at": "2030-01-01T00:00:00+00:00"},
+                   {"target_id": -1, "mapping": "users", "pages": 1, "rows": 1, "at": "2030-01-01T00:00:00+00:00"}])
     runs = Jsonb([{"tenancy_id": str(t), "target": "main", "runs": 1, "errors": 1, "at": "2030-01-01T00:00:00+00:00",
                    "error_at": "2030-01-01T00:00:00+00:00"}])
     conn.execute("select pyglue.record_telemetry('w1', 3, 70, 0.5, '2030-01-01', 70, 0.25, %s, %s)", (pages, runs))
@@ -110,9 +109,8 @@ def test_record_telemetry_needs_a_worker_name(conn):
 
 def test_telemetry_of_a_removed_target_goes_with_it(conn):
     t = f.tenancy(conn)
-    targets.add(conn, t, "main", "postgresql://u@127.0.0.1:1/x")
-    pages = Jsonb([{"tenancy_id": str(t), "target": "main", "mapping": "users", "pages": 1, "rows": 1,
-                    "at": "2030-01-01T00:00:00+00:00"}])
+    main = targets.add(conn, t, "main", "postgresql://u@127.0.0.1:1/x")
+    pages = Jsonb([{"target_id": main, "mapping": "users", "pages": 1, "rows": 1, "at": "2030-01-01T00:00:00+00:00"}])
     conn.execute("select pyglue.record_telemetry('w2', p_pages => %s)", (pages,))
     targets.remove(conn, t, "main")
     assert conn.execute("select count(*) as n from pyglue.sync_telemetry where worker = 'w2'").fetchone()["n"] == 0
@@ -214,7 +212,7 @@ def test_a_database_without_the_telemetry_migration_is_told_once(fresh_db, conne
     recorder.sequencer_pass(1, 0.01)
     recorder.flush(conn, force=True)
     recorder.flush(conn, force=True)
-    assert len(lines) == 1 and "0020_telemetry" in lines[0]
+    assert len(lines) == 1 and "0021_telemetry" in lines[0]
 
 
 def test_an_idle_worker_writes_its_row_rarely_a_busy_one_soon(conn):

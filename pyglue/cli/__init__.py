@@ -129,15 +129,18 @@ from pyglue.cli import capture as _capture  # noqa: E402
 from pyglue.cli import dashboard as _dashboard  # noqa: E402
 from pyglue.cli import db as _db  # noqa: E402
 from pyglue.cli import demo as _demo  # noqa: E402
+from pyglue.cli import docs as _docs  # noqa: E402
 from pyglue.cli import metrics as _metrics  # noqa: E402
 from pyglue.cli import seed as _seed  # noqa: E402
 from pyglue.cli import stripe as _stripe  # noqa: E402,F401  (stripe-sync, stripe-deliver join the billing group)
 from pyglue.cli import sync as _sync  # noqa: E402
+from pyglue.cli import webhooks as _webhooks  # noqa: E402
 
 cli.add_command(_billing.billing)
 cli.add_command(_dashboard.dashboard_cmd)
 cli.add_command(_db.db)
 cli.add_command(_demo.demo)
+cli.add_command(_docs.docs_cmd)
 cli.add_command(_metrics.metrics_cmd)
 cli.add_command(_seed.seed_cmd)
 cli.add_command(_capture.sequence)
@@ -147,3 +150,4 @@ cli.add_command(_sync.targets_group)
 cli.add_command(_sync.sync_cmd)
 cli.add_command(_sync.status_cmd)
 cli.add_command(_sync.worker_cmd)
+cli.add_command(_webhooks.webhooks_group)

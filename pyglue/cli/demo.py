@@ -1,56 +1,124 @@
-"""`pyglue demo`: the main job end to end on the embedded server."""
+"""`pyglue demo`: the whole job, step by step, on the embedded server (or --dsn)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
-from pyglue import db, demo as demo_job, embedded, migrate
+from pyglue import charts, db, embedded, migrate, paths
+from pyglue import demo as job
 from pyglue import dsn as dsns
+from pyglue.cli.metrics import dashboard, summary
 from pyglue.errors import PyglueError
 from pyglue.progress import Progress
 from pyglue.sync import targets
 
 
+def step(n: int, text: str) -> None:
+    click.echo(click.style(f"\n[{n}/8] {text}", bold=True))
+
+
 @click.command()
-@click.option("--users", type=click.IntRange(min=1, max=5_000_000), default=20000, show_default=True,
-              help="Users in the demo tenancy (seeded once; a re-run keeps them).")
+@click.option("--users", type=click.IntRange(min=10, max=5_000_000), default=10000, show_default=True,
+              help="Users of each customer tenancy (seeded once; a re-run adds only what is missing).")
+@click.option("--events", type=click.IntRange(min=0, max=100_000_000), default=100000, show_default=True,
+              help="Activity events of each customer tenancy (seeded with its first users).")
+@click.option("--reset", is_flag=True, help="Drop the demo's projects and target databases first.")
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where the metrics chart goes (default: .pyglue/demo-metrics.png).")
 @click.pass_obj
-def demo(obj, users: int) -> None:
-    """Start the embedded server, migrate, seed a tenancy, sync it into its own database, change, sync again."""
+def demo(obj, users: int, events: int, reset: bool, chart: Path | None) -> None:
+    """Seed two customer tenancies, sync each into its own database with the worker, change
+    rows and watch them arrive, run the billing jobs, show balances, history and metrics."""
+    started = time.monotonic()
+    step(1, "server and migrations")
     if obj.explicit_dsn is None:
         server = embedded.start()
         click.echo(f"embedded Postgres running (pid {server.pid}) in {server.data_dir}")
+    if reset:
+        for gone in job.reset(obj.dsn):
+            click.echo(f"reset: dropped {gone}")
     applied = migrate.migrate(obj.dsn, report=click.echo)
     states = migrate.status(obj.dsn)
-    done = [s.id for s in states if s.applied]
-    click.echo(f"migrations: {len(applied)} applied now; {len(done)} of {len(states)} applied"
-               f" ({done[0]} … {done[-1]})")
+    click.echo(f"migrations: {len(applied)} applied now; {sum(s.applied for s in states)} of {len(states)} applied")
 
-    with db.connect(obj.dsn) as conn:
-        tenancy = demo_job.demo_tenancy(conn)
-        started = time.monotonic()
-        demo_job.seed(conn, tenancy, users)
-        click.echo(f"tenancy {tenancy}: seeded {users} users in {time.monotonic() - started:.1f}s")
-        target_dsn = demo_job.ensure_target(conn, obj.dsn, tenancy)
-        click.echo(f"sync target {demo_job.TARGET_NAME!r}: {dsns.describe(target_dsn)}")
+    with db.connect(obj.dsn, autocommit=True) as conn:
+        step(2, f"projects and seeds ({users:,} users and {events:,} events per customer tenancy)")
+        job.ensure_tenancies(conn)
+        for t in job.CUSTOMERS:
+            with Progress(max(users - job.users_present(conn, t), 0) + events, f"seeding {t.project}") as progress:
+                added_users, added_events = job.seed(conn, obj.dsn, t, users, events, progress.advance)
+            click.echo(f"{t.project} (tenancy {t.id}): {job.users_present(conn, t):,} users"
+                       f" ({added_users:,} added now), {added_events:,} events added now")
+        job.seed(conn, obj.dsn, job.INTERNAL, 200, 0, lambda _n: None)
 
-        for step in ("initial sync", "sync after changes"):
-            if step != "initial sync":
-                click.echo("changes: " + ", ".join(f"{k} {v}" for k, v in demo_job.make_changes(conn, tenancy).items()))
-            started = time.monotonic()
-            with Progress(targets.backlog(conn, tenancy), step) as progress:
-                result = demo_job.sync(obj.dsn, tenancy, progress.advance)
-            seconds = time.monotonic() - started
-            click.echo(f"{step}: {result.rows} row(s) in {seconds:.1f}s ({result.rows / max(seconds, 1e-9):,.0f} rows/s)")
-            if result.failed:
-                raise PyglueError(f"demo sync failed: {result.failed[0].error}")
+        step(3, "a sync target per tenancy, and the worker until every one is caught up")
+        target_dsns = {t.project: job.ensure_target(conn, obj.dsn, t) for t in job.CUSTOMERS}
+        for t in job.CUSTOMERS:
+            click.echo(f"{t.project}: target {job.TARGET_NAME!r} = {dsns.describe(target_dsns[t.project])}")
+        catch_up(obj.dsn, conn, "initial sync")
 
-        click.echo(f"{'table':<22}{'source':>10}{'target':>10}")
-        for table, n_src, n_dst in demo_job.compare(conn, tenancy, target_dsn):
-            click.echo(f"{table:<22}{n_src:>10}{n_dst:>10}" + ("" if n_src == n_dst else "  MISMATCH"))
-        mismatched = [t for t, a, b in demo_job.compare(conn, tenancy, target_dsn) if a != b]
+        step(4, "changes and deletes arrive")
+        acme = job.CUSTOMERS[0]
+        changes = job.make_changes(conn, acme)
+        click.echo(f"{acme.project}: renamed {len(changes['renamed'])} users ({', '.join(changes['renamed'])}),"
+                   f" verified {changes['verified']} emails, deleted {len(changes['deleted'])} user"
+                   f" (its channels and memberships by cascade), added 1")
+        catch_up(obj.dsn, conn, "sync of the changes")
+        seen = job.arrived(target_dsns[acme.project], changes)
+        click.echo(f"in the target: {seen['renamed']} of {len(changes['renamed'])} new names, deleted user present:"
+                   f" {'yes' if seen['deleted_still_there'] else 'no'}, new user present: {'yes' if seen['added'] else 'no'}")
+        if seen["renamed"] != len(changes["renamed"]) or seen["deleted_still_there"] or not seen["added"]:
+            raise PyglueError("the changes did not all arrive in the target")
+
+        step(5, "billing of the internal project: free plan backfill, a new version, regen")
+        plans = job.billing(conn)
+        click.echo(f"backfill: {plans['backfilled']} team(s) granted the free plan;"
+                   f" regen: {plans['moved']} subscription(s) moved to the new version (5 seats instead of 3)")
+        click.echo(f"team {plans['team']}: " + "; ".join(
+            f"{b['item']} {b['now']} now, {b['in_40_days']} in 40 days" for b in plans["balances"]))
+        click.echo("its latest transactions:")
+        for t in plans["history"]:
+            what = t["item_id"] or t["product_id"] or ""
+            click.echo(f"  {t['at']:%Y-%m-%d %H:%M}  {t['kind']:<13} {what:<8} {t['quantity'] if t['quantity'] is not None else ''}")
+
+        step(6, f"metrics of {acme.project}")
+        m = dashboard(conn, acme.id)
+        click.echo(summary(m))
+        chart = chart or paths.home() / "demo-metrics.png"
+        chart.parent.mkdir(parents=True, exist_ok=True)
+        charts.write_png(m, chart, f"{acme.display_name}: tenancy {acme.id}")
+        click.echo(f"chart written to {chart}")
+
+        step(7, "targets equal their sources; status")
+        mismatched = []
+        for t in job.CUSTOMERS:
+            for table, n_src, n_dst in job.compare(conn, t, target_dsns[t.project]):
+                click.echo(f"{t.project:<8}{table:<22}{n_src:>10,}{n_dst:>10,}" + ("" if n_src == n_dst else "  MISMATCH"))
+                if n_src != n_dst:
+                    mismatched.append(f"{t.project}.{table}")
+        projects = {t.id: t.project for t in job.CUSTOMERS}
+        for r in sorted((r for r in targets.status(conn) if r["tenancy_id"] in projects),
+                        key=lambda r: (projects[r["tenancy_id"]], r["mapping_name"])):
+            click.echo(f"status {projects[r['tenancy_id']]:<8}{r['target_name']:<6} {r['mapping_name']:<22}"
+                       f" pending {r['pending_rows']:>6}  cursor {r['last_synced_sequence_id']:>10}"
+                       + ("  FAILING" if r["failing"] else ""))
     if mismatched:
         raise PyglueError(f"target differs from source in {', '.join(mismatched)}")
-    click.echo("demo done: the target equals the source")
+
+    step(8, "look around")
+    dsn_hint = "psql \"$(pyglue db url)\"" if obj.explicit_dsn is None else "psql <your DSN>"
+    click.echo(f"{dsn_hint}                      # e.g. select * from pyglue.sync_status();")
+    click.echo("pyglue dashboard                             # sync status, fusebox, metrics in the browser")
+    click.echo(f"demo done in {time.monotonic() - started:.0f}s: every target equals its source")
+
+
+def catch_up(dsn: str, conn, label: str) -> None:
+    with Progress(job.backlog(conn), label) as progress:
+        seconds = job.run_worker(dsn, conn, progress.advance)
+    failing = [r for r in targets.status(conn) if r["failing"]]
+    if failing:
+        raise PyglueError(f"sync target {failing[0]['target_name']} failed: {failing[0]['last_error']}")
+    click.echo(f"{label}: caught up in {seconds:.1f}s")

@@ -201,19 +201,36 @@ def status_cmd(obj, tenant: uuid.UUID | None, as_json: bool) -> None:
 @PAGE_SIZE
 @STATEMENT_TIMEOUT
 @click.option("--until-idle", is_flag=True, help="Exit when the queue is empty and nothing is flagged.")
+@click.option("--webhook-batch", type=click.IntRange(min=1, max=10000), default=500, show_default=True,
+              help="Events per webhook POST.")
+@click.option("--webhook-attempts", type=click.IntRange(min=1, max=1000), default=12, show_default=True,
+              help="Failed attempts of one batch before the endpoint is parked.")
+@click.option("--webhook-backoff", type=FiniteFloatRange(min=0.001, max=3600), default=1.0, show_default=True,
+              help="Seconds before the first webhook retry; doubles per attempt, with jitter.")
+@click.option("--webhook-max-backoff", type=FiniteFloatRange(min=0.001, max=86400), default=300.0,
+              show_default=True, help="Longest wait between webhook retries (also caps Retry-After).")
+@click.option("--webhook-timeout", type=FiniteFloatRange(min=0.1, max=600), default=10.0, show_default=True,
+              help="Seconds to wait for a webhook response (connect: at most 5).")
 @click.option("--metrics-port", type=click.IntRange(min=1, max=65535), default=None,
               help="Serve Prometheus metrics (this worker's counters, the queue, lag) on this port at /metrics.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics port binds.")
 @click.pass_obj
 def worker_cmd(obj, mappings_dirs: tuple[Path, ...], concurrency: int, lease: float, sequencer_interval: float,
-               page_size: int, statement_timeout: int, until_idle: bool, metrics_port: int | None,
-               metrics_host: str) -> None:
-    """Sequence changes and sync every tenancy's targets until stopped (SIGTERM finishes the page)."""
+               page_size: int, statement_timeout: int, until_idle: bool, webhook_batch: int, webhook_attempts: int,
+               webhook_backoff: float, webhook_max_backoff: float, webhook_timeout: float,
+               metrics_port: int | None, metrics_host: str) -> None:
+    """Sequence changes, sync every tenancy's targets and deliver its webhooks until stopped
+    (SIGTERM finishes the page or batch)."""
     import contextlib
     import signal
 
     from pyglue import capture
     from pyglue.sync.worker import Worker, WorkerOptions
+    from pyglue.webhooks import delivery
+
+    hooks = delivery.Options(batch_size=webhook_batch, max_attempts=webhook_attempts, base_delay_s=webhook_backoff,
+                             max_delay_s=webhook_max_backoff, read_timeout_s=webhook_timeout,
+                             connect_timeout_s=min(5.0, webhook_timeout), statement_timeout_ms=statement_timeout)
 
     # An unmigrated database fails here, as one line before "worker started" is logged; an
     # unreachable one is left to the worker, which waits for it (or with --until-idle says so).
@@ -221,7 +238,7 @@ def worker_cmd(obj, mappings_dirs: tuple[Path, ...], concurrency: int, lease: fl
         capture.fusebox(conn)
     worker = Worker(obj.dsn, mappings.load_all(list(mappings_dirs)),
                     WorkerOptions(concurrency=concurrency, lease_s=lease, sequencer_interval_s=sequencer_interval,
-                                  page_size=page_size, statement_timeout_ms=statement_timeout),
+                                  page_size=page_size, statement_timeout_ms=statement_timeout, webhooks=hooks),
                     log=lambda line: click.echo(line, err=True))
     if metrics_port is not None:
         from pyglue import telemetry

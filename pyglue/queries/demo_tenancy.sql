@@ -1,13 +1,8 @@
--- The demo tenancy (project 'demo', branch 'main'), created on first use. Param: project.
+-- A demo project and its tenancy (branch 'main', fixed id), created on first use.
+-- Params: project, display_name, tenancy_id.
 with project as (
-    insert into app.projects (id, display_name) values (%(project)s, 'Demo')
-    on conflict do nothing
-), created as (
-    insert into app.tenancies (project_id, branch_id) values (%(project)s, 'main')
-    on conflict do nothing
-    returning id
+    insert into app.projects (id, display_name) values (%(project)s, %(display_name)s)
+    on conflict (id) do nothing
 )
-select id from created
-union all
-select id from app.tenancies where project_id = %(project)s and branch_id = 'main'
-limit 1
+insert into app.tenancies (id, project_id, branch_id) values (%(tenancy_id)s, %(project)s, 'main')
+on conflict do nothing

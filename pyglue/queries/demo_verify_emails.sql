@@ -2,4 +2,4 @@
 update app.contact_channels set is_verified = true
 where tenancy_id = %(tenancy_id)s
   and id in (select id from app.contact_channels
-             where tenancy_id = %(tenancy_id)s and type = 'email' and not is_verified limit 10)
+             where tenancy_id = %(tenancy_id)s and type = 'email' and not is_verified order by id limit 10)

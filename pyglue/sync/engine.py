@@ -10,8 +10,10 @@ backoff) and the others go on.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,7 +37,9 @@ class Options:
     stop: threading.Event = field(default_factory=threading.Event)  # finish the page, then return
     on_rows: Callable[[int], None] = lambda _n: None
     on_page: Callable[[], None] = lambda: None  # e.g. renew a queue lease
-    on_applied: Callable[[dict, Mapping, int], None] = lambda _target, _mapping, _rows: None  # telemetry
+    on_applied: Callable[[int, Mapping, int], None] = lambda _target_id, _mapping, _rows: None  # telemetry
+    source_dsn: str | None = None  # lets a first sync open connections of its own for its mappings
+    parallel_mappings: int = 2  # mappings synced side by side in a first sync (with source_dsn)
 
 
 @dataclass
@@ -153,8 +157,11 @@ def sync_tenancy(source: psycopg.Connection, tenancy_id: uuid.UUID, mappings: li
 
 def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict, mappings: list[Mapping],
                 options: Options) -> int:
-    """All mappings of one target until each is caught up; returns rows applied."""
-    applied = 0
+    """All mappings of one target until each is caught up; returns rows applied.
+
+    A first sync of two or more mappings (their cursors 0) runs them side by side, each over
+    connections of its own (options.source_dsn, options.parallel_mappings), while this
+    connection holds the target's lock; later rounds go mapping by mapping."""
     if options.stop.is_set():
         raise Stopped()
     with source.transaction():
@@ -168,28 +175,75 @@ def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict,
             mirrored = {r["mapping_name"]: r["last_synced_sequence_id"] for r in source.execute(
                 "select mapping_name, last_synced_sequence_id from pyglue.sync_cursors where target_id = %s",
                 (target["id"],))}
+        cursors = {}
         for mapping in mappings:
-            cursor = tables.ensure_mapping(mapping)
-            if mirrored.get(mapping.name) != cursor:  # the mirror lags (a sync killed between the two writes)
-                _mirror_cursor(source, target["id"], mapping, cursor)
-            for _ in range(options.max_pages):
-                if options.stop.is_set():
-                    raise Stopped()
-                moved = transfer_page(source, tables, tenancy_id, mapping, cursor, options)
-                if moved is None:
-                    break
-                cursor, fetched = moved
-                _mirror_cursor(source, target["id"], mapping, cursor)
-                applied += fetched
-                options.on_applied(target, mapping, fetched)
-                options.on_rows(fetched)
-                options.on_page()
-                if fetched < options.page_size:
-                    break
-            else:
-                raise PyglueError(f"mapping {mapping.name} was not caught up after {options.max_pages} pages in one "
-                                  "round; stopped (does its fetch honour %(cursor)s?)")
-    return applied
+            cursors[mapping.name] = tables.ensure_mapping(mapping)
+            if mirrored.get(mapping.name) != cursors[mapping.name]:  # the mirror lags (a sync killed between the two writes)
+                _mirror_cursor(source, target["id"], mapping, cursors[mapping.name])
+        fresh = sum(1 for c in cursors.values() if c == 0)
+        if options.source_dsn and options.parallel_mappings > 1 and fresh > 1:
+            return _sync_side_by_side(tenancy_id, target, mappings, cursors, options)
+        never = threading.Event()
+        return sum(_sync_mapping(source, tables, tenancy_id, target["id"], m, cursors[m.name], options, never)
+                   for m in mappings)
+
+
+def _sync_mapping(source: fetch.SourceConnection, tables: TargetTables, tenancy_id: uuid.UUID, target_id: int,
+                  mapping: Mapping, cursor: int, options: Options, cancelled: threading.Event) -> int:
+    """Pages of one mapping until it is caught up (or cancelled); rows applied."""
+    applied = 0
+    for _ in range(options.max_pages):
+        if options.stop.is_set():
+            raise Stopped()
+        if cancelled.is_set():
+            return applied
+        moved = transfer_page(source, tables, tenancy_id, mapping, cursor, options)
+        if moved is None:
+            return applied
+        cursor, fetched = moved
+        _mirror_cursor(source, target_id, mapping, cursor)
+        applied += fetched
+        options.on_applied(target_id, mapping, fetched)
+        options.on_rows(fetched)
+        options.on_page()
+        if fetched < options.page_size:
+            return applied
+    raise PyglueError(f"mapping {mapping.name} was not caught up after {options.max_pages} pages in one "
+                      "round; stopped (does its fetch honour %(cursor)s?)")
+
+
+def _sync_side_by_side(tenancy_id: uuid.UUID, target: dict, mappings: list[Mapping], cursors: dict[str, int],
+                       options: Options) -> int:
+    """The mappings in options.parallel_mappings threads, each with its own source, fetch and
+    target connections (the caller's target connection keeps the lock). The first failure
+    cancels the others after their current page and is raised; the callbacks are serialized."""
+    cancelled, guard = threading.Event(), threading.Lock()
+
+    def serialized(callback):
+        def call(*args):
+            with guard:
+                callback(*args)
+        return call
+
+    opts = dataclasses.replace(options, on_rows=serialized(options.on_rows), on_page=serialized(options.on_page))
+
+    def one(mapping: Mapping) -> int:
+        try:
+            with source_connection(options.source_dsn) as source, \
+                    target_connection(target["connection_string"]) as conn:
+                tables = TargetTables(conn, tenancy_id, target["lock_key"])
+                return _sync_mapping(source, tables, tenancy_id, target["id"], mapping, cursors[mapping.name], opts,
+                                     cancelled)
+        except BaseException:
+            cancelled.set()
+            raise
+
+    with ThreadPoolExecutor(min(options.parallel_mappings, len(mappings)), thread_name_prefix="pyglue-mapping") as pool:
+        futures = [pool.submit(one, m) for m in mappings]
+    for future in futures:  # in mapping order: the first mapping's error is the one reported
+        if future.exception() is not None:
+            raise future.exception()
+    return sum(f.result() for f in futures)
 
 
 def transfer_page(source: fetch.SourceConnection, tables: TargetTables, tenancy_id: uuid.UUID, mapping: Mapping,
@@ -279,7 +333,7 @@ def _record(source: psycopg.Connection, target_id: int, error: str | None) -> No
 def sync_until_caught_up(dsn: str, tenancy_id: uuid.UUID, mappings: list[Mapping],
                          options: Options | None = None) -> TenancyResult:
     """`pyglue sync --tenant`: sequence, sync, repeat until a round moves nothing."""
-    options = options or Options()
+    options = dataclasses.replace(options or Options(), source_dsn=dsn)
     total = TenancyResult(tenancy_id)
     with source_connection(dsn) as source:
         by_name: dict[str, TargetResult] = {}

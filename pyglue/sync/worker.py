@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import psycopg
 
@@ -28,8 +28,10 @@ from pyglue import dsn as dsns
 from pyglue.errors import PyglueError
 from pyglue.sync import engine
 from pyglue.sync.mappings import Mapping
+from pyglue.webhooks import delivery
 
 BUSY_RETRY_S = 1.0  # a target another run holds is tried again this soon
+WEBHOOK_READ_RETRY_S = 5.0  # an endpoint whose events could not be read is tried again this soon
 
 
 @dataclass
@@ -41,6 +43,7 @@ class WorkerOptions:
     page_size: int = 5000
     statement_timeout_ms: int = 30000
     max_attempts: int = 8
+    webhooks: delivery.Options = field(default_factory=delivery.Options)  # batch size, backoff, timeouts
 
 
 class Worker:
@@ -52,6 +55,7 @@ class Worker:
         self._local = threading.local()
         self._sources: list[psycopg.Connection] = []
         self.telemetry = telemetry.Recorder(self.id, log)
+        self._clients: list[delivery.Clients] = []
 
     def run(self, until_idle: bool = False) -> None:
         """Work until stop is set (or, with until_idle, until nothing is left to do).
@@ -75,6 +79,8 @@ class Worker:
         finally:
             for conn in self._sources:
                 conn.close()
+            for clients in self._clients:
+                clients.close()
 
     def _run_connected(self, until_idle: bool) -> None:
         opts = self.options
@@ -129,25 +135,39 @@ class Worker:
             self._sources.append(conn)
         return conn
 
+    def _http(self) -> delivery.Clients:
+        clients = getattr(self._local, "http", None)
+        if clients is None:
+            clients = self._local.http = delivery.Clients(self.options.webhooks)
+            self._clients.append(clients)
+        return clients
+
     def _handle(self, request: dict) -> None:
-        """Sync one claimed tenancy and settle its request: complete, release or fail."""
+        """Sync one claimed tenancy, deliver its webhooks, and settle its request: complete,
+        release or fail."""
         request_id, tenancy = request["id"], request["tenancy_id"]
         try:
             source = self._source()
-            options = engine.Options(page_size=self.options.page_size, stop=self.stop,
+            options = engine.Options(page_size=self.options.page_size, stop=self.stop, source_dsn=self.dsn,
                                      statement_timeout_ms=self.options.statement_timeout_ms,
                                      # give up on a busy target well before the lease runs out
                                      lock_timeout_s=min(60.0, self.options.lease_s / 2),
                                      on_page=lambda: self._renew(source, request_id),
-                                     on_applied=lambda target, mapping, rows: self.telemetry.page_applied(
-                                         tenancy, target["name"], mapping.name, rows))
+                                     on_applied=lambda target_id, mapping, rows: self.telemetry.page_applied(
+                                         target_id, mapping.name, rows))
             try:
                 self._renew(source, request_id)  # the claim now lives and dies with this thread's session
             except engine.Stopped:
                 return  # taken by another worker in the meantime: it is theirs
             result = engine.sync_tenancy(source, tenancy, self.mappings, options)
+            hooks = None
+            if not (result.stopped or result.sync_disabled):
+                hooks = delivery.deliver_tenancy(
+                    source, tenancy, self._http(),
+                    replace(self.options.webhooks, stop=self.stop, on_batch=lambda: self._renew(source, request_id)),
+                    self.log, self.mappings)
             with source.transaction():
-                if result.stopped or result.sync_disabled:
+                if result.stopped or result.sync_disabled or (hooks is not None and hooks.stopped):
                     released = source.execute("select pyglue.release_request(%s, %s) as ok",
                                               (request_id, self.id)).fetchone()["ok"]
                     if not released and not result.sync_disabled:  # lost to another worker: keep the work queued
@@ -158,6 +178,8 @@ class Worker:
                 if result.failed or any(t.skipped for t in result.targets):
                     source.execute(queries.load("schedule_target_retry"),
                                    {"tenancy_id": tenancy, "busy_retry_s": BUSY_RETRY_S if busy else None})
+                if hooks is not None:
+                    self._schedule_webhooks(source, tenancy, hooks)
             for t in result.targets:
                 if not t.skipped:
                     self.telemetry.target_run(tenancy, t.name, failed=bool(t.error))
@@ -169,6 +191,18 @@ class Worker:
             message = dsns.redact(" ".join(str(exc).split()))[:500]
             self.log(f"tenancy {tenancy}: sync failed: {message}")
             self._fail(request_id, message)
+
+    @staticmethod
+    def _schedule_webhooks(source: psycopg.Connection, tenancy: uuid.UUID, hooks: delivery.TenancyDelivery) -> None:
+        """Queue the tenancy again for its webhooks: now when one has more than a round's
+        batches, soon when one was busy or unreadable, and for the earliest end of a backoff
+        (also of endpoints this round skipped: the request that ran may be the one that was
+        queued for that backoff, pulled forward by new changes)."""
+        again = [0.0 if e.more else BUSY_RETRY_S if e.busy else WEBHOOK_READ_RETRY_S
+                 for e in hooks.endpoints if e.more or e.busy or e.read_failed]
+        if again:
+            source.execute("select pyglue.enqueue_sync(%s, make_interval(secs => %s))", (tenancy, min(again)))
+        source.execute(queries.load("schedule_webhook_retry"), {"tenancy_id": tenancy})
 
     def _renew(self, source: psycopg.Connection, request_id: int) -> None:
         """Renew the lease (and make this session its holder) after a page; a lease lost to

@@ -1,7 +1,9 @@
 -- pyglue.purge_deleted_rows(p_older_than): drop old tombstones so the log stays small.
 -- A tombstone goes when it is stamped, was deleted longer than p_older_than ago, and no
 -- sync target of its tenancy still needs it: every target whose mapping exports that
--- table has a cursor at or past it (a target that never synced needs no tombstones).
+-- table has a cursor at or past it (a target that never synced needs no tombstones), and
+-- so has every webhook endpoint of the tenancy subscribed to that table (enabled, parked
+-- or not: a parked endpoint resumes from its cursor).
 -- Returns how many were removed. Errors: 22023 negative retention.
 create or replace function pyglue.purge_deleted_rows(p_older_than interval default '7 days')
 returns bigint
@@ -22,11 +24,16 @@ begin
           from pyglue.sync_targets t
           join pyglue.sync_mappings m on m.source_table = d.table_name
           join pyglue.sync_cursors c on c.target_id = t.id and c.mapping_name = m.name
-          where t.tenancy_id = d.tenancy_id and c.last_synced_sequence_id < d.sequence_id);
+          where t.tenancy_id = d.tenancy_id and c.last_synced_sequence_id < d.sequence_id)
+      and not exists (
+          select 1
+          from pyglue.webhooks w
+          where w.tenancy_id = d.tenancy_id and w.last_delivered_sequence_id < d.sequence_id
+            and (w.tables is null or d.table_name = any (w.tables)));
     get diagnostics v_count = row_count;
     return v_count;
 end;
 $$;
 
 comment on function pyglue.purge_deleted_rows(interval) is
-    'Delete stamped tombstones older than the retention period that no sync target still needs. Returns how many.';
+    'Delete stamped tombstones older than the retention period that no sync target or webhook still needs. Returns how many.';

@@ -5,8 +5,8 @@
 -- p_passes, p_rows_stamped, p_pass_seconds: sequencer passes run, rows they stamped and
 -- the seconds they took, since the last call; p_last_pass_at / _rows / _seconds: the
 -- latest pass (null when none ran).
--- p_pages: jsonb array of {"tenancy_id", "target", "mapping", "pages", "rows", "at"}:
--- pages and rows applied per target (by tenancy and name) and mapping, the last at "at".
+-- p_pages: jsonb array of {"target_id", "mapping", "pages", "rows", "at"}: pages and rows
+-- applied per target and mapping, the last at "at".
 -- p_runs: jsonb array of {"tenancy_id", "target", "runs", "errors", "at", "error_at"}:
 -- syncs of a target run and how many of them failed.
 -- Entries of targets that no longer exist are ignored. Rows of workers not seen for 7
@@ -47,9 +47,9 @@ begin
 
     insert into pyglue.sync_telemetry as s (worker, target_id, mapping_name, pages_applied, rows_applied, last_page_at)
     select p_worker, t.id, x.mapping, x.pages, x.rows, x.at
-    from jsonb_to_recordset(coalesce(p_pages, '[]')) as x(tenancy_id uuid, target text, mapping text, pages bigint,
-                                                           rows bigint, at timestamptz)
-    join pyglue.sync_targets t on t.tenancy_id = x.tenancy_id and t.name = x.target
+    from jsonb_to_recordset(coalesce(p_pages, '[]')) as x(target_id bigint, mapping text, pages bigint, rows bigint,
+                                                           at timestamptz)
+    join pyglue.sync_targets t on t.id = x.target_id
     on conflict (worker, target_id, mapping_name) do update
         set pages_applied = s.pages_applied + excluded.pages_applied,
             rows_applied = s.rows_applied + excluded.rows_applied,

@@ -1,4 +1,4 @@
--- Rollback of 0020: the telemetry tables and the two functions go.
+-- Rollback of 0021: the telemetry tables and the two functions go.
 drop function if exists pyglue.retry_request(bigint);
 drop function if exists pyglue.record_telemetry(text, bigint, bigint, double precision, timestamptz, bigint,
                                                 double precision, jsonb, jsonb);
