@@ -43,6 +43,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from perf import debian_cluster
 from perf.bench_sequencer import BENCH_HOME, Line, Timing, format_table, machine_facts, psql_path, run, write_block
 from perf.bench_sync import (BATCH_CHANGES, BATCH_EVERY_S, SEED, TENANCY, Latency, MarkerBoard, poll_target,
                              small_table, wait_until, write_changes)
@@ -116,16 +117,6 @@ def fresh_databases(server_dsn: str) -> tuple[str, str]:
     source = make_conninfo(server_dsn, dbname=SOURCE_DB)
     migrate.migrate(source)
     return source, make_conninfo(server_dsn, dbname=TARGET_DB)
-
-
-def fetch_login_password(server_dsn: str) -> None:
-    """Debian's cluster: pyglue_fetch gets a random password, reached over 127.0.0.1 (as the tests do)."""
-    password = secrets.token_hex(16)
-    with psycopg.connect(server_dsn, autocommit=True) as c:
-        c.execute(sql.SQL("alter role pyglue_fetch password {}").format(sql.Literal(password)))
-    port = conninfo_to_dict(server_dsn).get("port") or "5432"
-    os.environ["PYGLUE_FETCH_DSN"] = make_conninfo("", host="127.0.0.1", port=port, user="pyglue_fetch",
-                                                   password=password)
 
 
 def seed(dsn: str, users: int) -> None:
@@ -271,7 +262,7 @@ def main(users: int, batch: int, latency_seconds: float, skip_latency: bool, ser
         return
     given_server = bool(server_dsn)
     if given_server:
-        fetch_login_password(server_dsn)
+        debian_cluster.fetch_login(server_dsn)
     else:
         server_dsn = embedded.start(BENCH_HOME).dsn
     source_dsn, target_dsn = fresh_databases(server_dsn)

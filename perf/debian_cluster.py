@@ -9,9 +9,15 @@ the Debian postgresql-15 packages.
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 VERSION, NAME, PORT = "15", "bench", 5433
 DSN = f"postgresql:///postgres?host=/var/run/postgresql&port={PORT}"
@@ -49,3 +55,15 @@ def ensure() -> str:
     if roles.strip() != "1":
         _run("su", "postgres", "-c", f"createuser -p {PORT} --superuser root")
     return DSN
+
+
+def fetch_login(server_dsn: str) -> None:
+    """A Debian server's socket uses peer authentication, which the fetch login cannot pass:
+    pyglue_fetch (made by the migrations) gets a random password and PYGLUE_FETCH_DSN points
+    at 127.0.0.1, as the test harness does."""
+    password = secrets.token_hex(16)
+    with psycopg.connect(server_dsn, autocommit=True) as c:
+        c.execute(sql.SQL("alter role pyglue_fetch password {}").format(sql.Literal(password)))
+    port = conninfo_to_dict(server_dsn).get("port") or "5432"
+    os.environ["PYGLUE_FETCH_DSN"] = make_conninfo("", host="127.0.0.1", port=port, user="pyglue_fetch",
+                                                   password=password)
