@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -109,10 +111,18 @@ def demo(obj, users: int, events: int, reset: bool, chart: Path | None) -> None:
         raise PyglueError(f"target differs from source in {', '.join(mismatched)}")
 
     step(8, "look around")
-    dsn_hint = "psql \"$(pyglue db url)\"" if obj.explicit_dsn is None else "psql <your DSN>"
-    click.echo(f"{dsn_hint}                      # e.g. select * from pyglue.sync_status();")
-    click.echo("pyglue dashboard                             # sync status, fusebox, metrics in the browser")
+    me = command_name()
+    dsn_hint = f"psql \"$({me} db url)\"" if obj.explicit_dsn is None else "psql <your DSN>"
+    click.echo(f"{dsn_hint:<44} # e.g. select * from pyglue.sync_status();")
+    click.echo(f"{me + ' dashboard':<44} # sync status, fusebox, metrics in the browser")
     click.echo(f"demo done in {time.monotonic() - started:.0f}s: every target equals its source")
+
+
+def command_name() -> str:
+    """How to run pyglue again from here: `pyglue` when that is on PATH, else the path this ran as."""
+    ran_as = sys.argv[0] if sys.argv and sys.argv[0].endswith("pyglue") else "pyglue"
+    found = shutil.which("pyglue")
+    return "pyglue" if found and Path(found).resolve() == Path(ran_as).resolve() or ran_as == "pyglue" else ran_as
 
 
 def catch_up(dsn: str, conn, label: str) -> None:
