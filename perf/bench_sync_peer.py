@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
-import subprocess
 import threading
 import time
 import uuid
@@ -44,7 +43,8 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import tuple_row
 
 from perf import debian_cluster, logical_replication
-from perf.bench_sequencer import BENCH_HOME, PERF, machine_facts, psql_path, run, write_block
+from perf.bench_metrics import psql
+from perf.bench_sequencer import BENCH_HOME, PERF, machine_facts, run, write_block
 from perf.bench_sync import SEED, TENANCY, Latency, MarkerBoard, poll_target, wait_until, write_changes
 from pyglue import capture, db, embedded, migrate
 from pyglue.sync import engine, mappings, targets
@@ -112,13 +112,6 @@ def fresh_databases(server_dsn: str) -> dict[str, str]:
     migrate.migrate(dsns["source"])
     migrate.migrate(dsns["peer"])  # the subscriber's tables: the source's columns
     return dsns
-
-
-def psql(dsn: str, script, **variables) -> None:
-    args = [psql_path(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn]
-    for k, v in variables.items():
-        args += ["-v", f"{k}={v}"]
-    subprocess.run(args + ["-f", str(script)], check=True, stdout=subprocess.DEVNULL)
 
 
 def settle(conn: psycopg.Connection) -> None:

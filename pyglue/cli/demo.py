@@ -120,9 +120,11 @@ def demo(obj, users: int, events: int, reset: bool, chart: Path | None) -> None:
 
 def command_name() -> str:
     """How to run pyglue again from here: `pyglue` when that is on PATH, else the path this ran as."""
-    ran_as = sys.argv[0] if sys.argv and sys.argv[0].endswith("pyglue") else "pyglue"
+    ran_as = sys.argv[0] if sys.argv and sys.argv[0].endswith("pyglue") else None
+    if ran_as is None:
+        return "pyglue"
     found = shutil.which("pyglue")
-    return "pyglue" if found and Path(found).resolve() == Path(ran_as).resolve() or ran_as == "pyglue" else ran_as
+    return "pyglue" if found and Path(found).resolve() == Path(ran_as).resolve() else ran_as
 
 
 def catch_up(dsn: str, conn, label: str) -> None:
