@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -29,8 +30,12 @@ class World:
         self.targets[name] = dsn
         return dsn
 
-    def sync(self, tenancy=None, page_size: int = 5000, names=None, extra_dirs=None) -> engine.TenancyResult:
+    def sync(self, tenancy=None, page_size: int = 5000, names=None, extra_dirs=None,
+             paged: bool = False) -> engine.TenancyResult:
+        """`pyglue sync --tenant`; paged: without snapshot templates, so a first sync goes page by page."""
         chosen = mappings.select(mappings.load_all(extra_dirs), names)
+        if paged:
+            chosen = without_snapshots(chosen)
         return engine.sync_until_caught_up(self.dsn, tenancy or self.tenancy, chosen,
                                            engine.Options(page_size=page_size, ignore_backoff=True))
 
@@ -41,6 +46,10 @@ class World:
     def cursors(self, target: str = "main") -> dict[str, int]:
         with psycopg.connect(self.targets[target]) as c:
             return dict(c.execute("select mapping_name, last_synced_sequence_id from _pyglue_sync_metadata").fetchall())
+
+
+def without_snapshots(chosen: list[mappings.Mapping]) -> list[mappings.Mapping]:
+    return [dataclasses.replace(m, snapshot_sql=None) for m in chosen]
 
 
 def make_world(fresh_db, connect, make_database) -> World:
@@ -59,9 +68,11 @@ def target_users(world: World, target: str = "main") -> set[tuple]:
     return {(r["id"], r["display_name"]) for r in world.rows("users", target)}
 
 
-def write_mapping(folder, name, fetch, spec=None):
+def write_mapping(folder, name, fetch, spec=None, snapshot: str | None = None):
     d = folder / name
     d.mkdir(parents=True)
+    if snapshot is not None:
+        (d / "snapshot.sql.j2").write_text(snapshot)
     (d / "mapping.json").write_text(json.dumps(spec or {"source_table": "app.users", "target_table": name,
                                                         "key_columns": ["id"]}))
     (d / "fetch.sql.j2").write_text(fetch)

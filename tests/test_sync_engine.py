@@ -377,7 +377,7 @@ def test_one_failing_mapping_of_a_first_sync_cancels_the_others_and_is_reported(
     write_mapping(tmp_path, "broken", "select 1 as sequence_id, false as is_deleted, null::uuid as id,"
                                       " null::text as display_name from app.users where %(cursor)s >= 0"
                                       " and %(tenancy_id)s::uuid is not null limit %(limit)s")
-    result = world.sync(page_size=5, names=["broken", "users"], extra_dirs=[tmp_path])
+    result = world.sync(page_size=5, names=["broken", "users"], extra_dirs=[tmp_path], paged=True)
     [failed] = result.failed
     assert failed.error.startswith("mapping broken: fetch must return rows in strictly increasing sequence_id order")
     assert len(world.rows("users")) < 200  # cancelled after a page or so, not run to the end (40 pages)

@@ -138,17 +138,26 @@ def test_two_worker_processes_share_many_tenancies(fresh_db, connect, make_datab
         assert target_users(world, f"t{i}") == source_users(world.conn, t)
 
 
+def synced_once(world) -> int:
+    """A target past its first sync (which loads a snapshot in one transaction), so later rows
+    go page by page; its users cursor."""
+    f.user(world.conn, world.tenancy, "first")
+    world.sync()
+    return target_cursor(world)
+
+
 @pytest.mark.slow
 def test_kill_9_mid_sync_then_restart_ends_equal(world):
+    start = synced_once(world)
     f.users_bulk(world.conn, world.tenancy, 20000)
     total_seq = f.sequence_all(world.conn)
     victim = worker_process(world.dsn, "--page-size", "200", "--lease", "1")
     final = world.conn.execute("select max(sequence_id) as m from app.users").fetchone()["m"]
-    wait_for(lambda: 0 < target_cursor(world) < final, what="a partial sync")
+    wait_for(lambda: start < target_cursor(world) < final, what="a partial sync")
     victim.send_signal(signal.SIGKILL)
     finish(victim, timeout=10)
     partial = target_cursor(world)
-    assert 0 < partial < final and total_seq == 20000
+    assert start < partial < final and total_seq == 20000
 
     restarted = worker_process(world.dsn, "--until-idle", "--page-size", "5000", "--lease", "1")
     code, err = finish(restarted)
@@ -158,18 +167,19 @@ def test_kill_9_mid_sync_then_restart_ends_equal(world):
         again = worker_process(world.dsn, "--until-idle", "--lease", "1")
         assert finish(again)[0] == 0
     rows = world.rows("users")
-    assert len(rows) == len({r["id"] for r in rows}) == 20000
+    assert len(rows) == len({r["id"] for r in rows}) == 20001
     assert target_users(world) == source_users(world.conn, world.tenancy)
     assert target_cursor(world) == final
 
 
 @pytest.mark.slow
 def test_sigterm_finishes_the_page_and_releases_the_claim(world):
+    start = synced_once(world)
     f.users_bulk(world.conn, world.tenancy, 20000)
     f.sequence_all(world.conn)
     final = world.conn.execute("select max(sequence_id) as m from app.users").fetchone()["m"]
     worker = worker_process(world.dsn, "--page-size", "200")
-    wait_for(lambda: 0 < target_cursor(world) < final, what="a partial sync")
+    wait_for(lambda: start < target_cursor(world) < final, what="a partial sync")
     worker.send_signal(signal.SIGTERM)
     code, err = finish(worker, timeout=30)
     assert code == 0 and "stopped" in err

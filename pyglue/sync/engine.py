@@ -38,6 +38,7 @@ class Options:
     on_rows: Callable[[int], None] = lambda _n: None
     on_page: Callable[[], None] = lambda: None  # e.g. renew a queue lease
     on_applied: Callable[[int, Mapping, int], None] = lambda _target_id, _mapping, _rows: None  # telemetry
+    snapshot_timeout_ms: int = 3_600_000  # a first sync's snapshot is one statement over the whole tenancy
     source_dsn: str | None = None  # lets a first sync open connections of its own for its mappings
     parallel_mappings: int = 2  # mappings synced side by side in a first sync (with source_dsn)
 
@@ -190,8 +191,17 @@ def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict,
 
 def _sync_mapping(source: fetch.SourceConnection, tables: TargetTables, tenancy_id: uuid.UUID, target_id: int,
                   mapping: Mapping, cursor: int, options: Options, cancelled: threading.Event) -> int:
-    """Pages of one mapping until it is caught up (or cancelled); rows applied."""
+    """Pages of one mapping until it is caught up (or cancelled); rows applied. A first sync of
+    a mapping with a snapshot template into its empty table loads the snapshot first."""
     applied = 0
+    if cursor == 0 and mapping.snapshot_sql is not None and tables.is_empty(mapping):
+        loaded = transfer_snapshot(source, tables, tenancy_id, mapping, options)
+        if loaded is not None:
+            cursor, applied = loaded
+            _mirror_cursor(source, target_id, mapping, cursor)
+            options.on_applied(target_id, mapping, applied)
+            options.on_rows(applied)
+            options.on_page()
     for _ in range(options.max_pages):
         if options.stop.is_set():
             raise Stopped()
@@ -225,7 +235,8 @@ def _sync_side_by_side(tenancy_id: uuid.UUID, target: dict, mappings: list[Mappi
                 callback(*args)
         return call
 
-    opts = dataclasses.replace(options, on_rows=serialized(options.on_rows), on_page=serialized(options.on_page))
+    opts = dataclasses.replace(options, on_rows=serialized(options.on_rows), on_page=serialized(options.on_page),
+                               on_applied=serialized(options.on_applied))
 
     def one(mapping: Mapping) -> int:
         try:
@@ -259,6 +270,22 @@ def transfer_page(source: fetch.SourceConnection, tables: TargetTables, tenancy_
                            options.page_size, options.statement_timeout_ms) as rows:
         check_columns(mapping, rows.names)
         return tables.apply_stream(mapping, rows.names[2:], cursor, rows.copy_to, lambda: _handed_out(source))
+
+
+def transfer_snapshot(source: fetch.SourceConnection, tables: TargetTables, tenancy_id: uuid.UUID, mapping: Mapping,
+                      options: Options) -> tuple[int, int] | None:
+    """A target's first sync of a mapping: the tenancy's rows as they are now (the mapping's
+    snapshot template, one statement under tenant isolation) copied into its empty table, and
+    the cursor set to the watermark taken in the same statement (fetch.stream_snapshot), so
+    the pages after it bring every change the snapshot lacks. Rows the sequencer has not
+    stamped yet need no stamp first: when it stamps them, their ids are past the watermark
+    and a later page brings them again, unchanged. Returns (watermark, rows) or None when the
+    tenancy has no rows."""
+    _check_fusebox(source)
+    with fetch.stream_snapshot(source, tenancy_id, mapping.name, mapping.snapshot_sql, mapping.source_table,
+                               options.snapshot_timeout_ms) as rows:
+        check_columns(mapping, rows.names)
+        return tables.apply_snapshot(mapping, rows.names[2:], rows.copy_to, lambda: _handed_out(source))
 
 
 def _check_fusebox(source: psycopg.Connection) -> None:

@@ -181,7 +181,7 @@ class RowStream:
     statement: sql.Composable
     params: dict
     names: list[str]
-    limit: int
+    limit: int | None  # None: a snapshot, as many rows as the tenancy has
 
     def copy_to(self, write: Callable[[memoryview], None]) -> int:
         """Stream the rows, each in COPY text format as the server wrote it, to write; the
@@ -190,7 +190,7 @@ class RowStream:
         with _fetch_errors(self.mapping_name), self.fetcher.cursor().copy(self.statement, self.params) as copy:
             for data in copy:
                 rows += 1
-                if rows > self.limit:
+                if self.limit is not None and rows > self.limit:
                     raise _too_many(self.mapping_name, self.limit)
                 write(data)
         return rows
@@ -211,6 +211,41 @@ def stream_rows(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping_name:
             names = [d.name for d in cur.description]
         statement = sql.SQL("copy (\n{}\n) to stdout").format(sql.SQL(fetch_sql))
         yield RowStream(fetcher, mapping_name, statement, params, names, limit)
+
+
+# A snapshot's rows with the watermark in front: the highest sequence id of the source
+# table's rows that the same statement (so the same snapshot) sees. Every id up to it was
+# handed out by a sequencer pass that committed before that snapshot (passes are
+# serialized), so each change it numbers is in the rows; any change they lack is stamped
+# later with a higher id. Row-level security limits both to the bound tenancy.
+_SNAPSHOT = """copy (
+select (select coalesce(max(w.sequence_id), 0) from {source} w) as sequence_id, false as is_deleted, s.*
+from (
+{snapshot}
+) s
+) to stdout"""
+
+
+@contextmanager
+def stream_snapshot(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping_name: str, snapshot_sql: str,
+                    source_table: str, statement_timeout_ms: int) -> Iterator[RowStream]:
+    """A mapping's snapshot of one tenancy over the fetch login, to be copied out inside the
+    with block: COPY text rows of (watermark, false, the snapshot's columns). As in
+    stream_rows, the snapshot text is first declared as a cursor on its own, which proves it
+    is one SELECT, so wrapping it in parentheses cannot change what the statement is."""
+    with source.transaction():
+        found = source.execute("select n.nspname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+                               " where c.oid = to_regclass(%s)", (source_table,)).fetchone()
+    if found is None:
+        raise PyglueError(f"mapping {mapping_name}: source table {source_table} does not exist")
+    schema, table = found["nspname"], found["relname"]
+    with _fetch_session(source, tenancy_id, mapping_name, statement_timeout_ms) as fetcher:
+        params = {"tenancy_id": tenancy_id}
+        with _fetch_errors(mapping_name), fetcher.cursor(name="pyglue_snapshot") as cur:
+            cur.execute(snapshot_sql, params)
+            names = ["sequence_id", "is_deleted", *(d.name for d in cur.description)]
+        statement = sql.SQL(_SNAPSHOT).format(source=sql.Identifier(schema, table), snapshot=sql.SQL(snapshot_sql))
+        yield RowStream(fetcher, mapping_name, statement, params, names, None)
 
 
 def describe_error(exc: psycopg.Error) -> str:

@@ -7,9 +7,14 @@ A mapping is a folder <name>/ with three files:
                  is_deleted, then the target columns; ordered by sequence_id; bound
                  parameters %(tenancy_id)s, %(cursor)s, %(limit)s
   ddl.sql.j2     CREATE TABLE IF NOT EXISTS {{ schema | ident }}.{{ table | ident }} (...)
+and optionally
+  snapshot.sql.j2  every row of one tenancy as it is now, the target columns only (no
+                 sequence_id, is_deleted); bound parameter %(tenancy_id)s. A target's first
+                 sync of the mapping loads it in one statement instead of paging through a
+                 change log the sequencer may not have stamped yet (engine.transfer_snapshot).
 The defaults live in templates/mappings; more folders come from --mappings-dir or
 $PYGLUE_MAPPINGS_PATH (':'-separated); a folder of the same name replaces a default.
-Both templates are checked with Postgres's grammar on load (pyglue.sync.validate).
+The templates are checked with Postgres's grammar on load (pyglue.sync.validate).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class Mapping:
     ddl_sql: str
     schema: str = "public"
     depends_on: tuple[Dependency, ...] = ()
+    snapshot_sql: str | None = None
 
 
 def search_path(extra: list[Path] | None = None) -> list[Path]:
@@ -91,19 +97,28 @@ def load(folder: Path, schema: str = "public", validate: bool = True) -> Mapping
     try:
         fetch_sql = env.get_template("fetch.sql.j2").render(context).strip()
         ddl_sql = env.get_template("ddl.sql.j2").render(context).strip()
+        snapshot_sql = (env.get_template(template_validation.SNAPSHOT_TEMPLATE).render(context).strip()
+                        if (folder / template_validation.SNAPSHOT_TEMPLATE).is_file() else None)
     except jinja2.TemplateNotFound as exc:
         raise PyglueError(f"mapping {name}: missing template {exc.name}") from None
     except jinja2.TemplateError as exc:
         raise PyglueError(f"mapping {name}: template error: {exc}") from None
     if validate:  # the fetch login isolates fetches at run time too; this refuses them early
         template_validation.validate_fetch(fetch_sql, name)
+        if snapshot_sql is not None:
+            template_validation.validate_fetch(snapshot_sql, name, template_validation.SNAPSHOT_TEMPLATE)
     # always: a DDL template runs on the target as the target's login, with nothing else to stop it
     template_validation.validate_ddl(ddl_sql, name, schema, spec["target_table"])
     for param in template_validation.FETCH_PARAMETERS:
         if f"%({param})s" not in fetch_sql:
             raise PyglueError(f"mapping {name}: fetch.sql.j2 must use the bound parameter %({param})s")
+    if snapshot_sql is not None:
+        unknown = sorted(set(re.findall(r"%\((\w+)\)s", snapshot_sql)) - {"tenancy_id"})
+        if unknown or "%(tenancy_id)s" not in snapshot_sql:
+            raise PyglueError(f"mapping {name}: {template_validation.SNAPSHOT_TEMPLATE} must use the bound parameter "
+                              f"%(tenancy_id)s and no other" + (f" (found %({unknown[0]})s)" if unknown else ""))
     return Mapping(name, spec["source_table"], spec["target_table"], spec["key_columns"], fetch_sql, ddl_sql,
-                   schema, spec["depends_on"])
+                   schema, spec["depends_on"], snapshot_sql)
 
 
 def select(mappings: list[Mapping], names: list[str] | None) -> list[Mapping]:

@@ -132,6 +132,11 @@ class TargetTables:
                 (self.tenancy_id, mapping.name))
             return 0
 
+    def is_empty(self, mapping: Mapping) -> bool:
+        with self.conn.transaction():
+            return not self.conn.execute(sql.SQL("select exists (select 1 from {})").format(self._table(mapping))
+                                         ).fetchone()[0]
+
     def cursor(self, mapping: Mapping) -> int:
         with self.conn.transaction():
             value = self._cursor(mapping, lock=False)
@@ -154,7 +159,7 @@ class TargetTables:
                 copy.write_row((0, False, *row))
             return len(page.deletes) + len(page.upserts)
 
-        self._apply(mapping, page.columns, expected_cursor, fill, lambda _raw: page.last_sequence_id)
+        self._apply(mapping, page.columns, expected_cursor, fill, lambda _raw: page.last_sequence_id, self._apply_raw)
 
     def apply_stream(self, mapping: Mapping, columns: list[str], expected_cursor: int,
                      copy_to: Callable[[Callable[[memoryview], None]], int],
@@ -181,13 +186,32 @@ class TargetTables:
                                   f"{limit}] ({first}..{last}); it must read rows after %(cursor)s only")
             return last
 
-        def fill(copy) -> int:
-            return copy_to(copy.write)
+        return self._apply(mapping, columns, expected_cursor, lambda copy: copy_to(copy.write), check, self._apply_raw)
 
-        return self._apply(mapping, columns, expected_cursor, fill, check)
+    def apply_snapshot(self, mapping: Mapping, columns: list[str], copy_to: Callable[[Callable[[memoryview], None]], int],
+                       handed_out: Callable[[], int]) -> tuple[int, int] | None:
+        """Load a snapshot of the tenancy's rows (COPY text rows of watermark, false, then columns)
+        into the mapping's empty table and move its cursor from 0 to the watermark, in one
+        transaction. Every row must carry the same watermark, at most the last id handed out, and
+        no delete; the table must still be empty. Returns (watermark, rows), or None when the
+        snapshot was empty."""
+        def check(raw: sql.Composable) -> int:
+            if self.conn.execute(sql.SQL("select exists (select 1 from {})").format(self._table(mapping))).fetchone()[0]:
+                raise PyglueError(f"mapping {mapping.name}: target table {mapping.target_table} is not empty any more; "
+                                  "snapshot not loaded")
+            low, high, deletes = self.conn.execute(sql.SQL(
+                "select min(sequence_id), max(sequence_id), bool_or(is_deleted) from {}").format(raw)).fetchone()
+            limit = handed_out()
+            if low is None or low != high or low < 0 or high > limit or deletes:
+                raise PyglueError(f"mapping {mapping.name}: snapshot rows must carry one watermark in [0, {limit}] and "
+                                  f"no delete, got {low}..{high}{' and deletes' if deletes else ''}")
+            return high
+
+        return self._apply(mapping, columns, 0, lambda copy: copy_to(copy.write), check, self._insert_raw)
 
     def _apply(self, mapping: Mapping, columns: list[str], expected_cursor: int, fill: Callable[..., int],
-               check: Callable[[sql.Composable], int]) -> tuple[int, int] | None:
+               check: Callable[[sql.Composable], int],
+               apply_raw: Callable[[Mapping, list[str], sql.Composable], None]) -> tuple[int, int] | None:
         self._check_columns(mapping, columns, expected_cursor)
         try:
             with self.conn.transaction():
@@ -204,7 +228,7 @@ class TargetTables:
                 if not fetched:
                     return None
                 last = check(raw)
-                self._apply_raw(mapping, columns, raw)
+                apply_raw(mapping, columns, raw)
                 self.conn.execute(
                     sql.SQL("update {} set last_synced_sequence_id = %s, updated_at = now()"
                             " where tenancy_id = %s and mapping_name = %s").format(self._metadata()),
@@ -293,6 +317,12 @@ class TargetTables:
             " insert into {table} as t ({names}) select {names} from last where not is_deleted"
             " on conflict ({keys}) {conflict}").format(
             keys=keys, raw=raw, table=self._table(mapping), match=match, names=names, conflict=conflict))
+
+    def _insert_raw(self, mapping: Mapping, columns: list[str], raw: sql.Composable) -> None:
+        """A snapshot in the raw stage into the empty table: one INSERT (a key twice fails it)."""
+        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        self.conn.execute(sql.SQL("insert into {table} ({names}) select {names} from {raw}").format(
+            table=self._table(mapping), names=names, raw=raw))
 
     def _render_target(self, template: str) -> str:
         env = render.environment(paths.TEMPLATES / "target")

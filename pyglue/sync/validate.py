@@ -69,6 +69,7 @@ from pyglue.errors import PyglueError
 
 FETCH_TEMPLATE = "fetch.sql.j2"
 DDL_TEMPLATE = "ddl.sql.j2"
+SNAPSHOT_TEMPLATE = "snapshot.sql.j2"
 FETCH_PARAMETERS = ("tenancy_id", "cursor", "limit")
 
 _DENIED_FUNCTIONS: tuple[tuple[str, frozenset[str], tuple[str, ...]], ...] = (
@@ -142,9 +143,9 @@ def denied_function(name: str) -> str | None:
     return None
 
 
-def validate_fetch(sql_text: str, mapping_name: str) -> None:
-    """Refuse a rendered fetch that is not one plain SELECT or uses what no mapping needs."""
-    where = f"mapping {mapping_name}: {FETCH_TEMPLATE}"
+def validate_fetch(sql_text: str, mapping_name: str, template: str = FETCH_TEMPLATE) -> None:
+    """Refuse a rendered fetch (or snapshot) that is not one plain SELECT or uses what no mapping needs."""
+    where = f"mapping {mapping_name}: {template}"
     statements = _parse(to_postgres_placeholders(sql_text, where), where)
     if len(statements) != 1:
         raise PyglueError(f"{where} must be a single SELECT statement, found {len(statements)} statements")
