@@ -10,8 +10,9 @@ recreates: a source (migrated) with one tenancy of --users users and their conta
 tenancy of a tenth the size (perf/mock-users.sql) that the peer's row filter and pyglue's
 tenancy both leave out. Measured, one run, same rows, same server:
 
-1. pyglue end to end from a fresh backlog: sequencing every flagged row, then
-   `pyglue sync` of the users and contact_channels mappings into an empty target database;
+1. pyglue end to end from a fresh backlog: a worker (sequencer and syncs side by side) on rows
+   nobody stamped, with an empty target database: until the target holds both mappings (a
+   first sync loads each from a snapshot), and until the worker is idle (backlog stamped);
 2. the peer: a publication of app.users and app.contact_channels with the tenancy as row
    filter, a subscription in another database, timed until both tables' initial copies
    are done (pg_subscription_rel all 'r');
@@ -46,7 +47,7 @@ from perf import debian_cluster, logical_replication
 from perf.bench_metrics import psql
 from perf.bench_sequencer import BENCH_HOME, PERF, machine_facts, run, write_block
 from perf.bench_sync import SEED, TENANCY, Latency, MarkerBoard, poll_target, wait_until, write_changes
-from pyglue import capture, db, embedded, migrate
+from pyglue import db, embedded, migrate
 from pyglue.sync import engine, mappings, targets
 from pyglue.sync.worker import Worker, WorkerOptions
 
@@ -77,8 +78,8 @@ class ServerRun:
     facts: dict
     users: int
     channels: int
-    sequencing_s: float = 0.0
-    e2e_sync_s: float = 0.0
+    e2e_loaded_s: float = 0.0
+    e2e_idle_s: float = 0.0
     peer_s: float = 0.0
     initial_s: float = 0.0
     churn: list[Churn] = field(default_factory=list)
@@ -142,6 +143,33 @@ def pyglue_sync(source_dsn: str, chosen, page_size: int) -> float:
     return time.perf_counter() - started
 
 
+def worker_from_backlog(source_dsn: str, target_dsn: str, chosen, page_size: int) -> tuple[float, float]:
+    """A worker (its sequencer beside its syncs, as in production) started on rows nobody has
+    stamped: seconds until the target holds both tables (each first sync lands in one
+    transaction, so a table with a row holds them all), and until the worker is idle (every
+    row stamped, the pages after the snapshots applied)."""
+    worker = Worker(source_dsn, chosen, WorkerOptions(sequencer_interval_s=0.05, sequencer_batch=50_000,
+                                                      page_size=page_size))
+    thread = threading.Thread(target=worker.run, kwargs={"until_idle": True}, daemon=True)
+    started = time.perf_counter()
+    thread.start()
+    with db.connect(target_dsn, autocommit=True, row_factory=tuple_row) as target:
+        def loaded() -> bool:
+            try:
+                return target.execute("select exists (select 1 from users) and exists (select 1 from contact_channels)"
+                                      ).fetchone()[0]
+            except psycopg.errors.UndefinedTable:
+                return False
+        if not wait_until(loaded, 3600, 0.05):
+            raise click.ClickException("the target did not fill within an hour")
+    loaded_s = time.perf_counter() - started
+    thread.join(7200)
+    if thread.is_alive():
+        worker.stop.set()
+        raise click.ClickException("the worker was not idle within two hours")
+    return loaded_s, time.perf_counter() - started
+
+
 def churn(source_dsn: str, target_dsn: str, table: tuple[str, str], user_ids: list[uuid.UUID], rate: int,
           seconds: float, worker: Worker | None) -> tuple[Latency, float]:
     """Writer at rate changes/s for seconds, poller on the target's table; (latency, drain seconds)."""
@@ -192,13 +220,10 @@ def run_server(label: str, server_dsn: str, users: int, page_size: int, churn_se
             run(conn, "autovacuum_off", table=table)
         out = ServerRun(label, facts, expected["users"], expected["contact_channels"])
 
-        click.echo(f"[{label}] 1/4 pyglue end to end from a fresh backlog …", err=True)
+        click.echo(f"[{label}] 1/4 pyglue end to end from a fresh backlog (a worker) …", err=True)
         targets.add(conn, TENANCY, "e2e", dsns["e2e"])
         settle(conn)
-        started = time.perf_counter()
-        capture.sequence_until_idle(conn, 50_000)
-        out.sequencing_s = time.perf_counter() - started
-        out.e2e_sync_s = pyglue_sync(dsns["source"], chosen, page_size)
+        out.e2e_loaded_s, out.e2e_idle_s = worker_from_backlog(dsns["source"], dsns["e2e"], chosen, page_size)
         check(expected, counts(dsns["e2e"], "public", False), "end to end")
 
         click.echo(f"[{label}] 2/4 logical replication initial copy …", err=True)
@@ -256,8 +281,10 @@ def server_block(r: ServerRun) -> list[str]:
              "|---|--:|--:|--:|---|---|",
              ratio_line("initial sync of sequenced rows (users, contact_channels)", r.initial_s, r.peer_s, r.rows,
                         GOALS["initial"]),
-             ratio_line(f"end to end from a fresh backlog: sequencing {r.sequencing_s:.1f} s (both tenancies) +"
-                        f" sync {r.e2e_sync_s:.1f} s", r.sequencing_s + r.e2e_sync_s, r.peer_s, r.rows, GOALS["e2e"]),
+             ratio_line("end to end from a fresh backlog: a worker until the target holds every row",
+                        r.e2e_loaded_s, r.peer_s, r.rows, GOALS["e2e"]),
+             f"| the same worker until idle: both tenancies' backlog stamped, the pages after the snapshots applied |"
+             f" {r.e2e_idle_s:.2f} s | | | no goal | |",
              ""]
     if r.churn:
         lines += ["| steady state | achieved | p50 | p99 | max | drain after the writer stops | p99 goal |",
@@ -301,8 +328,10 @@ def write_results(runs: list[ServerRun], command: str) -> None:
         block += server_block(r)
     block += ["Each ratio is measured in one run on one server: the peer's initial copy of the same rows (a"
               " publication with the tenancy as row filter, a subscription in another database of the server,"
-              " until both tables are ready) beside pyglue's. The end-to-end line starts from rows that were"
-              " inserted and never sequenced, so it also stamps both tenancies' backlog. Steady state: distinct"
+              " until both tables are ready) beside pyglue's. The end-to-end lines start from rows that were"
+              " inserted and never sequenced: a worker's first sync loads each mapping from a snapshot (no stamp"
+              " needed) while its sequencer stamps both tenancies' backlog, whose pages then change nothing."
+              " The initial-sync line runs `pyglue sync` on rows already stamped. Steady state: distinct"
               " users renamed in batches every 10 ms; latency from the writer's commit to the poller seeing the"
               " row in the target.", END]
     text = "\n".join(block)

@@ -220,3 +220,33 @@ def test_snapshots_are_validated_on_load(tmp_path, snapshot, message):
     with pytest.raises(PyglueError) as raised:
         mappings.load(write_mapping(tmp_path, "bad", PAGE, snapshot=snapshot) / "bad")
     assert message in str(raised.value)
+
+
+def test_a_long_snapshot_reports_progress_and_renews_its_lease_while_it_streams(world, tmp_path):
+    f.users_bulk(world.conn, world.tenancy, 3000)
+    slow = ("select u.id, u.display_name || pg_sleep(0.001)::text as display_name from app.users u"
+            " where u.tenancy_id = %(tenancy_id)s")  # over 3 s in all; pg_sleep passes only unvalidated
+    [mapping] = mappings.select(mappings.load_all([write_mapping(tmp_path, "slow", PAGE, snapshot=slow)],
+                                                  validate=False), ["slow"])
+    progress, renewals = [], []
+    with engine.source_connection(world.dsn) as source:
+        result = engine.sync_tenancy(source, world.tenancy, [mapping], engine.Options(
+            ignore_backoff=True, on_rows=progress.append, on_page=lambda: renewals.append(time.monotonic())))
+    assert result.failed == [] and len(world.rows("slow")) == 3000
+    assert sum(progress) == 3000 and len(progress) >= 3  # not one jump at the end
+    assert len(renewals) >= 3 and max(b - a for a, b in zip(renewals, renewals[1:])) < 2.5
+
+
+def test_the_watermark_is_read_from_the_tenancy_sequence_index(conn):
+    """Under the reader's policies the watermark is one backward probe of (tenancy, sequence_id),
+    not a scan of the table, whatever the snapshot is."""
+    t = f.tenancy(conn)
+    f.users_bulk(conn, t, 300)
+    f.sequence_all(conn)
+    conn.execute("analyze app.users")
+    [users] = mappings.select(mappings.load_all(), ["users"])
+    statement = fetch._SNAPSHOT.format(source="app.users", snapshot=users.snapshot_sql)
+    query = statement.removeprefix("copy (").removesuffix(") to stdout")
+    conn.execute("set local role pyglue_mapping_reader")
+    plan = "\n".join(r["QUERY PLAN"] for r in conn.execute("explain (costs off) " + query, {"tenancy_id": t}))
+    assert "Index Only Scan Backward using users_pyglue_sequence_idx on users w" in plan, plan  # w: the watermark's

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
@@ -200,7 +201,6 @@ def _sync_mapping(source: fetch.SourceConnection, tables: TargetTables, tenancy_
             cursor, applied = loaded
             _mirror_cursor(source, target_id, mapping, cursor)
             options.on_applied(target_id, mapping, applied)
-            options.on_rows(applied)
             options.on_page()
     for _ in range(options.max_pages):
         if options.stop.is_set():
@@ -282,10 +282,38 @@ def transfer_snapshot(source: fetch.SourceConnection, tables: TargetTables, tena
     and a later page brings them again, unchanged. Returns (watermark, rows) or None when the
     tenancy has no rows."""
     _check_fusebox(source)
+    beat = _Heartbeat(options)
     with fetch.stream_snapshot(source, tenancy_id, mapping.name, mapping.snapshot_sql, mapping.source_table,
                                options.snapshot_timeout_ms) as rows:
         check_columns(mapping, rows.names)
-        return tables.apply_snapshot(mapping, rows.names[2:], rows.copy_to, lambda: _handed_out(source))
+        loaded = tables.apply_snapshot(mapping, rows.names[2:], lambda write: rows.copy_to(beat.wrap(write)),
+                                       lambda: _handed_out(source))
+    beat.flush()
+    return loaded
+
+
+class _Heartbeat:
+    """While a snapshot streams (one long transaction): progress (options.on_rows) and the
+    lease renewal (options.on_page) about every second, not only when it is done."""
+
+    EVERY_S = 1.0
+
+    def __init__(self, options: Options):
+        self.options, self.unreported, self.last = options, 0, time.monotonic()
+
+    def wrap(self, write: Callable[[memoryview], None]) -> Callable[[memoryview], None]:
+        def beating(data: memoryview) -> None:
+            write(data)
+            self.unreported += 1
+            if time.monotonic() - self.last >= self.EVERY_S:
+                self.flush()
+                self.options.on_page()
+        return beating
+
+    def flush(self) -> None:
+        if self.unreported:
+            self.options.on_rows(self.unreported)
+        self.unreported, self.last = 0, time.monotonic()
 
 
 def _check_fusebox(source: psycopg.Connection) -> None:

@@ -92,20 +92,15 @@ class Worker:
             self.log(f"worker {self.id} started (concurrency {opts.concurrency})")
             while not self.stop.is_set():
                 fuse = capture.fusebox(control)
-                busy = False
+                # claims before the pass too: a new target's first sync (a snapshot, queued by
+                # targets add) need not wait for a pass over a big backlog
+                busy = self._claim_free(control, fuse, pool, in_flight)
                 if fuse["sequencer_enabled"]:  # another worker's pass in progress: skip, don't queue up
                     started = time.monotonic()
                     stamped = capture.sequence_pass(control, opts.sequencer_batch, wait=False)
                     self.telemetry.sequencer_pass(stamped, time.monotonic() - started)
                     busy |= stamped > 0
-                for done in [f for f in in_flight if f.done()]:
-                    in_flight.pop(done)
-                    done.result()
-                free = opts.concurrency - len(in_flight)
-                if fuse["poller_enabled"] and fuse["sync_enabled"] and free > 0:
-                    for request in self._claim(control, free):
-                        in_flight[pool.submit(self._handle, request)] = request
-                        busy = True
+                busy |= self._claim_free(control, fuse, pool, in_flight)
                 self.telemetry.flush(control)
                 if until_idle and not busy and not in_flight:
                     break
@@ -123,6 +118,20 @@ class Worker:
                 self.telemetry.flush(conn, force=True)
         except (psycopg.Error, PyglueError) as exc:
             self.log(f"worker {self.id}: last telemetry not recorded: {dsns.error_line(exc, self.dsn)}")
+
+    def _claim_free(self, control: psycopg.Connection, fuse: dict, pool: ThreadPoolExecutor,
+                    in_flight: dict[Future, dict]) -> bool:
+        """Settle finished syncs, then claim requests for the free slots; whether it claimed any."""
+        for done in [f for f in in_flight if f.done()]:
+            in_flight.pop(done)
+            done.result()
+        free = self.options.concurrency - len(in_flight)
+        if not (fuse["poller_enabled"] and fuse["sync_enabled"] and free > 0):
+            return False
+        claimed = self._claim(control, free)
+        for request in claimed:
+            in_flight[pool.submit(self._handle, request)] = request
+        return bool(claimed)
 
     def _claim(self, control: psycopg.Connection, limit: int) -> list[dict]:
         return control.execute("select id, tenancy_id from pyglue.claim_requests(%s, %s, make_interval(secs => %s))",
