@@ -130,7 +130,8 @@ def test_a_worker_records_what_it_did_and_the_counters_move(world):
     before = samples(generate_latest(registry).decode())
     assert value(before, "pyglue_database_up") == 1
     assert value(before, "pyglue_sync_rows_total", mapping="users") is None
-    world.sync()  # the target's first (empty) sync registers the mappings sync_status reports on
+    f.user(world.conn, world.tenancy, "first")
+    world.sync()  # the target's first sync (a snapshot): the rows after it go page by page
     f.users_bulk(world.conn, world.tenancy, 120)
     assert value(samples(generate_latest(registry).decode()), "pyglue_pending_rows", mapping="users") == 120
 
