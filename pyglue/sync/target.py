@@ -120,7 +120,7 @@ class TargetTables:
                 return cursor
             table = self._table(mapping)
             present = self.conn.execute("select to_regclass(%s) is not null", (table.as_string(self.conn),)).fetchone()[0]
-            if present and self.conn.execute(sql.SQL("select exists (select 1 from {})").format(table)).fetchone()[0]:
+            if present and self._has_rows(mapping):
                 raise PyglueError(f"target table {mapping.target_table} already holds rows pyglue did not write; "
                                   "refusing to sync into it")
             self.conn.execute(mapping.ddl_sql)
@@ -134,8 +134,7 @@ class TargetTables:
 
     def is_empty(self, mapping: Mapping) -> bool:
         with self.conn.transaction():
-            return not self.conn.execute(sql.SQL("select exists (select 1 from {})").format(self._table(mapping))
-                                         ).fetchone()[0]
+            return not self._has_rows(mapping)
 
     def cursor(self, mapping: Mapping) -> int:
         with self.conn.transaction():
@@ -196,7 +195,7 @@ class TargetTables:
         no delete; the table must still be empty. Returns (watermark, rows), or None when the
         snapshot was empty."""
         def check(raw: sql.Composable) -> int:
-            if self.conn.execute(sql.SQL("select exists (select 1 from {})").format(self._table(mapping))).fetchone()[0]:
+            if self._has_rows(mapping):
                 raise PyglueError(f"mapping {mapping.name}: target table {mapping.target_table} is not empty any more; "
                                   "snapshot not loaded")
             low, high, deletes = self.conn.execute(sql.SQL(
@@ -250,7 +249,7 @@ class TargetTables:
             return
         table = self._table(mapping)
         with self.conn.transaction():
-            empty = not self.conn.execute(sql.SQL("select exists (select 1 from {})").format(table)).fetchone()[0]
+            empty = not self._has_rows(mapping)
             if cursor == 0 and empty:
                 self.conn.execute(sql.SQL("drop table {}").format(table))
                 self.conn.execute(sql.SQL("delete from {} where tenancy_id = %s and mapping_name = %s").format(
@@ -278,6 +277,9 @@ class TargetTables:
                 (self._table(mapping).as_string(self.conn),)).fetchall()
             self._column_types[mapping.name] = dict(rows)
         return self._column_types[mapping.name]
+
+    def _has_rows(self, mapping: Mapping) -> bool:
+        return self.conn.execute(sql.SQL("select exists (select 1 from {})").format(self._table(mapping))).fetchone()[0]
 
     def _metadata(self) -> sql.Composable:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(METADATA))
