@@ -3,8 +3,8 @@
     .venv/bin/python -m perf.bench_sync_peer [--users 1000000] [--server embedded|debian|both]
         [--page-size 20000] [--churn-seconds 15] [--skip-churn]
 
-On each server (the embedded one under .pyglue/bench, restarted once with wal_level=logical;
-Debian PostgreSQL 15 as the cluster perf/debian_cluster.py owns), in databases it drops and
+On each server (the embedded one under .pyglue/bench, restarted once with the settings of
+perf/debian_cluster.py; Debian PostgreSQL 15 as the cluster that module owns), in databases it drops and
 recreates: a source (migrated) with one tenancy of --users users and their contact channels
 (perf/seed-sync-tenancy.sql: a primary email each, a phone for every third) plus a second
 tenancy of a tenth the size (perf/mock-users.sql) that the peer's row filter and pyglue's
@@ -18,11 +18,13 @@ tenancy both leave out. Measured, one run, same rows, same server:
    are done (pg_subscription_rel all 'r');
 3. pyglue initial sync of the same, already sequenced rows into a second empty target: the
    fair comparison with 2 (goal >= 1.0 of the peer's rows/s; 1 has the goal >= 0.5);
-4. steady state, unless --skip-churn: a writer commits renames of distinct users at ~1,000
-   and ~10,000 changes/s (batches every 10 ms) for --churn-seconds; a poller reads the
-   target every ~5 ms; latency = commit acknowledged -> first seen in the target, p50 and
-   p99, for pyglue (a Worker; the subscription disabled) and for the peer (no worker), and
-   the time the backlog takes to drain after the writer stops.
+4. steady state, unless --skip-churn (after a VACUUM of both tables): a writer commits
+   renames of distinct users at ~1,000 and ~10,000 changes/s (batches every 10 ms) for
+   --churn-seconds; a poller reads the target every ~5 ms; latency = commit acknowledged ->
+   first seen in the target, p50 and p99, for pyglue (a Worker in a process of its own, as
+   `pyglue worker` runs; the subscription disabled) and for the peer (no worker), and the
+   time the backlog takes to drain after the writer stops. Beside them, the rate the same
+   writer reaches with nothing replicating: the machine's own limit.
 
 Row counts of every target are checked against the source. Writes the bench_sync_peer block
 of perf/RESULTS.md.
@@ -31,15 +33,19 @@ of perf/RESULTS.md.
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import os
 import random
+import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import click
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import tuple_row
 
@@ -47,7 +53,7 @@ from perf import debian_cluster, logical_replication
 from perf.bench_metrics import psql
 from perf.bench_sequencer import BENCH_HOME, PERF, machine_facts, run, write_block
 from perf.bench_sync import SEED, TENANCY, Latency, MarkerBoard, poll_target, wait_until, write_changes
-from pyglue import db, embedded, migrate
+from pyglue import capture, db, embedded, migrate
 from pyglue.sync import engine, mappings, targets
 from pyglue.sync.worker import Worker, WorkerOptions
 
@@ -83,6 +89,7 @@ class ServerRun:
     peer_s: float = 0.0
     initial_s: float = 0.0
     churn: list[Churn] = field(default_factory=list)
+    alone: dict[int, float] = field(default_factory=dict)  # rate asked -> changes/s the writer reached alone
 
     @property
     def rows(self) -> int:
@@ -90,11 +97,17 @@ class ServerRun:
 
 
 def embedded_server() -> str:
-    """The bench's embedded server, restarted once with wal_level=logical."""
+    """The bench's embedded server, restarted once with the Debian bench cluster's settings
+    (perf/debian_cluster.py: wal_level=logical, 2GB of shared buffers: this VM's page cache
+    does not keep the data files, so what shared_buffers misses is read from disk)."""
     server = embedded.start(BENCH_HOME)
-    if logical_replication.wal_level(server.dsn) != "logical":
-        with db.connect(server.dsn, autocommit=True) as conn:
-            conn.execute("alter system set wal_level = logical")
+    with db.connect(server.dsn, autocommit=True, row_factory=tuple_row) as conn:
+        current = dict(conn.execute("select name, current_setting(name) from unnest(%s::text[]) as name",
+                                    (list(debian_cluster.SETTINGS),)).fetchall())
+        changed = {k: v for k, v in debian_cluster.SETTINGS.items() if current[k] != v}
+        for name, value in changed.items():
+            conn.execute(sql.SQL("alter system set {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+    if changed:
         from pgserver._commands import pg_ctl  # pgserver's own wrapper, as pyglue.embedded.stop uses it
 
         # a restart with the options the server was started with (postmaster.opts)
@@ -171,15 +184,14 @@ def worker_from_backlog(source_dsn: str, target_dsn: str, chosen, page_size: int
 
 
 def churn(source_dsn: str, target_dsn: str, table: tuple[str, str], user_ids: list[uuid.UUID], rate: int,
-          seconds: float, worker: Worker | None) -> tuple[Latency, float]:
-    """Writer at rate changes/s for seconds, poller on the target's table; (latency, drain seconds)."""
+          seconds: float, worker: Callable[[], multiprocessing.Process] | None) -> tuple[Latency, float]:
+    """Writer at rate changes/s for seconds, poller on the target's table, and the worker (if
+    any) in a process of its own, as in production: (latency, drain seconds)."""
     batch = max(1, round(rate * EVERY_S))
     board, stop = MarkerBoard(), threading.Event()
-    threads = [threading.Thread(target=poll_target, args=(target_dsn, board, stop, table), daemon=True)]
-    if worker is not None:
-        threads.append(threading.Thread(target=worker.run, daemon=True))
-    for t in threads:
-        t.start()
+    poller = threading.Thread(target=poll_target, args=(target_dsn, board, stop, table), daemon=True)
+    poller.start()
+    process = worker() if worker is not None else None
     try:
         warm, user_ids = user_ids[:batch], user_ids[batch:]
         write_changes(source_dsn, warm, board, 0.001, first_marker=0, batch_changes=batch)
@@ -194,14 +206,38 @@ def churn(source_dsn: str, target_dsn: str, table: tuple[str, str], user_ids: li
         drain_s = max(board.seen.values(), default=ended) - ended
     finally:
         stop.set()
-        if worker is not None:
-            worker.stop.set()
-        for t in threads:
-            t.join(60)
+        if process is not None:
+            process.terminate()  # SIGTERM: the worker finishes its page and stops
+            process.join(60)
+        poller.join(60)
     samples = [(board.seen[m] - t) * 1000 for m, t in board.committed.items() if m in board.seen]
     if len(samples) != changes:
         raise click.ClickException(f"{table}: {changes - len(samples)} of {changes} changes never arrived")
     return Latency(changes, len(samples), writer_s, samples), max(drain_s, 0.0)
+
+
+def writer_alone(source_dsn: str, user_ids: list[uuid.UUID], rate: int, seconds: float) -> float:
+    """The machine's capacity for the writer with nothing replicating: changes/s achieved."""
+    changes, writer_s = write_changes(source_dsn, user_ids, MarkerBoard(), seconds, first_marker=0,
+                                      batch_changes=max(1, round(rate * EVERY_S)), every_s=EVERY_S)
+    return changes / writer_s
+
+
+def worker_process(source_dsn: str, chosen, page_size: int) -> Callable[[], multiprocessing.Process]:
+    """Starts a Worker in a child process (so the writer and poller threads of the bench never
+    share its interpreter lock), stopped by SIGTERM like `pyglue worker`."""
+    def start() -> multiprocessing.Process:
+        process = multiprocessing.get_context("spawn").Process(target=run_worker, args=(source_dsn, chosen, page_size),
+                                                               name="bench-worker", daemon=True)
+        process.start()
+        return process
+    return start
+
+
+def run_worker(source_dsn: str, chosen, page_size: int) -> None:
+    worker = Worker(source_dsn, chosen, WorkerOptions(sequencer_interval_s=0.05, page_size=page_size))
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    worker.run()
 
 
 def run_server(label: str, server_dsn: str, users: int, page_size: int, churn_seconds: float,
@@ -242,21 +278,24 @@ def run_server(label: str, server_dsn: str, users: int, page_size: int, churn_se
         if not skip_churn:
             user_ids = [r["id"] for r in run(conn, "tenancy_user_ids", {"tenancy_id": TENANCY})]
             random.Random(20261202).shuffle(user_ids)
-            wanted = sum(2 * (int(rate * churn_seconds) + rate) for rate in RATES)
+            wanted = sum(3 * (int(rate * churn_seconds) + rate) for rate in RATES)
             if wanted > len(user_ids):
                 raise click.ClickException(f"the steady-state writers rename {wanted:,} distinct users; the tenancy has"
                                            f" {len(user_ids):,}: use more --users or fewer --churn-seconds")
+            settle(conn)  # the stamps of phases 1 and 3 left a dead version of every row
             for rate in RATES:
                 need = int(rate * churn_seconds) + rate
+                logical_replication.set_enabled(dsns["peer"], PEER, False)
+                click.echo(f"[{label}] 4/4 steady state {rate:,}/s, the writer alone …", err=True)
+                ids, user_ids = user_ids[:need], user_ids[need:]
+                out.alone[rate] = writer_alone(dsns["source"], ids, rate, churn_seconds)
+                capture.sequence_until_idle(conn)  # its changes are not part of what follows
                 for system in ("pyglue", "logical replication"):
                     ids, user_ids = user_ids[:need], user_ids[need:]
                     click.echo(f"[{label}] 4/4 steady state {rate:,}/s, {system} …", err=True)
                     if system == "pyglue":
-                        logical_replication.set_enabled(dsns["peer"], PEER, False)
-                        worker = Worker(dsns["source"], chosen, WorkerOptions(sequencer_interval_s=0.05,
-                                                                              page_size=page_size))
                         latency, drain = churn(dsns["source"], dsns["initial"], ("public", "users"), ids, rate,
-                                               churn_seconds, worker)
+                                               churn_seconds, worker_process(dsns["source"], chosen, page_size))
                     else:
                         logical_replication.set_enabled(dsns["peer"], PEER, True)
                         latency, drain = churn(dsns["source"], dsns["peer"], ("app", "users"), ids, rate,
@@ -289,6 +328,9 @@ def server_block(r: ServerRun) -> list[str]:
     if r.churn:
         lines += ["| steady state | achieved | p50 | p99 | max | drain after the writer stops | p99 goal |",
                   "|---|--:|--:|--:|--:|--:|---|"]
+        for rate, reached in r.alone.items():
+            lines.append(f"| the writer alone (nothing replicating), {rate:,} changes/s | {reached:,.0f}/s |"
+                         " | | | | |")
         for c in r.churn:
             s = c.latency.summary
             goal = "" if c.system != "pyglue" else (

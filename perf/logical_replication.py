@@ -22,11 +22,6 @@ from pyglue import db
 TABLES = ("app.users", "app.contact_channels")
 
 
-def wal_level(server_dsn: str) -> str:
-    with db.connect(server_dsn, autocommit=True, row_factory=tuple_row) as conn:
-        return conn.execute("show wal_level").fetchone()[0]
-
-
 def publish(source_dsn: str, name: str, tenancy_id: uuid.UUID) -> None:
     """The publication (one tenancy's rows of TABLES) and its slot."""
     with db.connect(source_dsn, autocommit=True, row_factory=tuple_row) as conn:
