@@ -18,7 +18,7 @@ tenancy both leave out. Measured, one run, same rows, same server:
    are done (pg_subscription_rel all 'r');
 3. pyglue initial sync of the same, already sequenced rows into a second empty target: the
    fair comparison with 2 (goal >= 1.0 of the peer's rows/s; 1 has the goal >= 0.5);
-4. steady state, unless --skip-churn (after a VACUUM of both tables): a writer commits
+4. steady state, unless --skip-churn (autovacuum on again, after a VACUUM): a writer commits
    renames of distinct users at ~1,000 and ~10,000 changes/s (batches every 10 ms) for
    --churn-seconds; a poller reads the target every ~5 ms; latency = commit acknowledged ->
    first seen in the target, p50 and p99, for pyglue (a Worker in a process of its own, as
@@ -282,6 +282,8 @@ def run_server(label: str, server_dsn: str, users: int, page_size: int, churn_se
             if wanted > len(user_ids):
                 raise click.ClickException(f"the steady-state writers rename {wanted:,} distinct users; the tenancy has"
                                            f" {len(user_ids):,}: use more --users or fewer --churn-seconds")
+            for table in (("app", "users"), ("app", "contact_channels")):
+                run(conn, "autovacuum_on", table=table)  # the steady state runs as production does
             settle(conn)  # the stamps of phases 1 and 3 left a dead version of every row
             for rate in RATES:
                 need = int(rate * churn_seconds) + rate
