@@ -197,7 +197,7 @@ def status_cmd(obj, tenant: uuid.UUID | None, as_json: bool) -> None:
               help="Seconds a claim lasts without renewal (renewed every page; at most a day);"
                    " a killed worker's claims return after it.")
 @click.option("--sequencer-interval", type=FiniteFloatRange(min=0.01, max=3600), default=0.1, show_default=True,
-              help="Seconds between sequencer passes when idle (at most an hour).")
+              help="Seconds between sequencer passes, unless one stamps a full batch (at most an hour).")
 @PAGE_SIZE
 @STATEMENT_TIMEOUT
 @click.option("--until-idle", is_flag=True, help="Exit when the queue is empty and nothing is flagged.")
