@@ -4,11 +4,11 @@
         [--page-size 20000] [--churn-seconds 15] [--skip-churn]
 
 On each server (the embedded one under .pyglue/bench, restarted once with the settings of
-perf/debian_cluster.py; Debian PostgreSQL 15 as the cluster that module owns), in databases it drops and
-recreates: a source (migrated) with one tenancy of --users users and their contact channels
-(perf/seed-sync-tenancy.sql: a primary email each, a phone for every third) plus a second
-tenancy of a tenth the size (perf/mock-users.sql) that the peer's row filter and pyglue's
-tenancy both leave out. Measured, one run, same rows, same server:
+perf/debian_cluster.py; Debian PostgreSQL 15 as the cluster that module owns), in databases
+it drops and recreates: a source (migrated) with one tenancy of --users users and their
+contact channels (perf/seed-sync-tenancy.sql: a primary email each, a phone for every third)
+plus a second tenancy of a tenth the size (perf/mock-users.sql) that the peer's row filter
+and pyglue's tenancy both leave out. Measured, one run, same rows, same server:
 
 1. pyglue end to end from a fresh backlog: a worker (sequencer and syncs side by side) on rows
    nobody stamped, with an empty target database: until the target holds both mappings (a
@@ -62,6 +62,7 @@ DBS = {"source": "pyglue_peer_source", "e2e": "pyglue_peer_e2e", "initial": "pyg
 PEER = "pyglue_peer"
 OTHER_TENANCY = uuid.UUID("00000000-0000-4000-8000-0000000000e7")
 MAPPINGS = ["users", "contact_channels"]
+TABLES = (("app", "users"), ("app", "contact_channels"))  # the source tables the mappings read
 RATES = (1_000, 10_000)
 EVERY_S = 0.010
 GOALS = {"initial": 1.0, "e2e": 0.5}
@@ -129,7 +130,7 @@ def fresh_databases(server_dsn: str) -> dict[str, str]:
 
 
 def settle(conn: psycopg.Connection) -> None:
-    for table in (("app", "users"), ("app", "contact_channels")):
+    for table in TABLES:
         run(conn, "vacuum_analyze", table=table)
     run(conn, "checkpoint")
 
@@ -183,11 +184,16 @@ def worker_from_backlog(source_dsn: str, target_dsn: str, chosen, page_size: int
     return loaded_s, time.perf_counter() - started
 
 
+def changes_per_commit(rate: int) -> int:
+    """Changes per writer commit for rate changes/s, one commit every EVERY_S."""
+    return max(1, round(rate * EVERY_S))
+
+
 def churn(source_dsn: str, target_dsn: str, table: tuple[str, str], user_ids: list[uuid.UUID], rate: int,
           seconds: float, worker: Callable[[], multiprocessing.Process] | None) -> tuple[Latency, float]:
     """Writer at rate changes/s for seconds, poller on the target's table, and the worker (if
     any) in a process of its own, as in production: (latency, drain seconds)."""
-    batch = max(1, round(rate * EVERY_S))
+    batch = changes_per_commit(rate)
     board, stop = MarkerBoard(), threading.Event()
     poller = threading.Thread(target=poll_target, args=(target_dsn, board, stop, table), daemon=True)
     poller.start()
@@ -219,7 +225,7 @@ def churn(source_dsn: str, target_dsn: str, table: tuple[str, str], user_ids: li
 def writer_alone(source_dsn: str, user_ids: list[uuid.UUID], rate: int, seconds: float) -> float:
     """The machine's capacity for the writer with nothing replicating: changes/s achieved."""
     changes, writer_s = write_changes(source_dsn, user_ids, MarkerBoard(), seconds, first_marker=0,
-                                      batch_changes=max(1, round(rate * EVERY_S)), every_s=EVERY_S)
+                                      batch_changes=changes_per_commit(rate), every_s=EVERY_S)
     return changes / writer_s
 
 
@@ -252,7 +258,7 @@ def run_server(label: str, server_dsn: str, users: int, page_size: int, churn_se
     expected = counts(dsns["source"], "app", True)
     with db.connect(dsns["source"], autocommit=True, application_name="pyglue bench") as conn:
         facts = machine_facts(conn)
-        for table in (("app", "users"), ("app", "contact_channels")):
+        for table in TABLES:
             run(conn, "autovacuum_off", table=table)
         out = ServerRun(label, facts, expected["users"], expected["contact_channels"])
 
@@ -282,7 +288,7 @@ def run_server(label: str, server_dsn: str, users: int, page_size: int, churn_se
             if wanted > len(user_ids):
                 raise click.ClickException(f"the steady-state writers rename {wanted:,} distinct users; the tenancy has"
                                            f" {len(user_ids):,}: use more --users or fewer --churn-seconds")
-            for table in (("app", "users"), ("app", "contact_channels")):
+            for table in TABLES:
                 run(conn, "autovacuum_on", table=table)  # the steady state runs as production does
             settle(conn)  # the stamps of phases 1 and 3 left a dead version of every row
             for rate in RATES:
