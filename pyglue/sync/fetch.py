@@ -52,11 +52,13 @@ _AS_TEXT = ("json", "jsonb", "numeric", "timestamptz", "timestamp", "date", "tim
 # values: kept in status. For every other error only its condition name and SQLSTATE are.
 _MESSAGE_KEPT = {"42601", "42703", "42883", "42501", "42P10", "42803", "42804", "25006", "57014"}
 
-# The fetch transaction's statement timeout, and text output any target reads the same way
-# (COPY passes the server's text on unparsed).
-_SETTINGS = """select set_config('statement_timeout', %s, true), set_config('datestyle', 'ISO, YMD', true),
-                      set_config('intervalstyle', 'postgres', true), set_config('extra_float_digits', '3', true),
-                      set_config('bytea_output', 'hex', true), set_config('timezone', 'UTC', true)"""
+# The fetch transaction's session (to bind it to the tenancy), its statement timeout, and text
+# output any target reads the same way (COPY passes the server's text on unparsed).
+_BEGIN = """select pg_backend_pid(), (select a.backend_start from pg_stat_get_activity(pg_backend_pid()) a),
+       pg_current_xact_id()::text,
+       set_config('statement_timeout', %s, true), set_config('datestyle', 'ISO, YMD', true),
+       set_config('intervalstyle', 'postgres', true), set_config('extra_float_digits', '3', true),
+       set_config('bytea_output', 'hex', true), set_config('timezone', 'UTC', true)"""
 
 _SAFETY = """
 select r.rolsuper or r.rolbypassrls or r.rolcreaterole or r.rolreplication as powerful,
@@ -87,6 +89,7 @@ class SourceConnection(psycopg.Connection):
 
     _fetcher: psycopg.Connection | None = None
     fetch_dsn: str = ""
+    registered: frozenset = frozenset()  # mappings registered over this session (engine.register_mappings)
 
     def fetcher(self) -> psycopg.Connection:
         if self._fetcher is None or self._fetcher.closed:
@@ -116,6 +119,7 @@ def _connect_fetcher(source: psycopg.Connection, dsn: str) -> psycopg.Connection
                           f"pyglue_mapping_reader ({', '.join(problems)})")
     for name in _AS_TEXT:
         conn.adapters.register_loader(name, TextLoader)
+    conn.read_only = True  # every fetch transaction begins READ ONLY
     return conn
 
 
@@ -129,14 +133,9 @@ def _fetch_session(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping_na
     try:
         with fetcher.transaction():
             with _fetch_errors(mapping_name):
-                fetcher.execute("set transaction read only")
-                pid, started, xact = fetcher.execute(
-                    "select pg_backend_pid(), (select a.backend_start from pg_stat_get_activity(pg_backend_pid()) a),"
-                    " pg_current_xact_id()::text").fetchone()
-                with source.transaction():
-                    source.execute(queries.load("open_fetch_session"),
-                                   {"pid": pid, "backend_start": started, "xact": xact, "tenancy_id": tenancy_id})
-                fetcher.execute(_SETTINGS, (str(statement_timeout_ms),))
+                pid, started, xact = fetcher.execute(_BEGIN, (str(statement_timeout_ms),)).fetchone()[:3]
+                source.execute(queries.load("open_fetch_session"),  # committed on its own (autocommit)
+                               {"pid": pid, "backend_start": started, "xact": xact, "tenancy_id": tenancy_id})
             yield fetcher
             raise psycopg.Rollback()  # nothing a fetch does is kept
     finally:
@@ -182,18 +181,42 @@ class RowStream:
     params: dict
     names: list[str]
     limit: int | None  # None: a snapshot, as many rows as the tenancy has
+    _chunks: Iterator[memoryview] | None = None
+    _first: memoryview | None = None
+
+    def empty(self) -> bool:
+        """Whether the fetch has no row: starts the COPY and reads its first row, which
+        copy_to then writes first."""
+        if self._chunks is None:
+            self._chunks = self._copy_out()
+            self._first = next(self._chunks, None)
+        return self._first is None
 
     def copy_to(self, write: Callable[[memoryview], None]) -> int:
         """Stream the rows, each in COPY text format as the server wrote it, to write; the
         number of rows. No value is parsed here: the target's COPY reads them."""
+        if self.empty():
+            return 0
         rows = 0
-        with _fetch_errors(self.mapping_name), self.fetcher.cursor().copy(self.statement, self.params) as copy:
-            for data in copy:
-                rows += 1
-                if self.limit is not None and rows > self.limit:
-                    raise _too_many(self.mapping_name, self.limit)
-                write(data)
+        for data in _chain(self._first, self._chunks):
+            rows += 1
+            if self.limit is not None and rows > self.limit:
+                raise _too_many(self.mapping_name, self.limit)
+            write(data)
         return rows
+
+    def close(self) -> None:
+        if self._chunks is not None:
+            self._chunks.close()  # a COPY not read to its end is cancelled
+
+    def _copy_out(self) -> Iterator[memoryview]:
+        with _fetch_errors(self.mapping_name), self.fetcher.cursor().copy(self.statement, self.params) as copy:
+            yield from copy
+
+
+def _chain(first: memoryview, rest: Iterator[memoryview]) -> Iterator[memoryview]:
+    yield first
+    yield from rest
 
 
 @contextmanager
@@ -210,7 +233,11 @@ def stream_rows(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping_name:
             cur.execute(fetch_sql, params)
             names = [d.name for d in cur.description]
         statement = sql.SQL("copy (\n{}\n) to stdout").format(sql.SQL(fetch_sql))
-        yield RowStream(fetcher, mapping_name, statement, params, names, limit)
+        rows = RowStream(fetcher, mapping_name, statement, params, names, limit)
+        try:
+            yield rows
+        finally:
+            rows.close()
 
 
 # A snapshot's rows with the watermark in front: the highest sequence id of the source
@@ -245,7 +272,11 @@ def stream_snapshot(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping_n
             cur.execute(snapshot_sql, params)
             names = ["sequence_id", "is_deleted", *(d.name for d in cur.description)]
         statement = sql.SQL(_SNAPSHOT).format(source=sql.Identifier(schema, table), snapshot=sql.SQL(snapshot_sql))
-        yield RowStream(fetcher, mapping_name, statement, params, names, None)
+        rows = RowStream(fetcher, mapping_name, statement, params, names, None)
+        try:
+            yield rows
+        finally:
+            rows.close()
 
 
 def describe_error(exc: psycopg.Error) -> str:

@@ -8,8 +8,11 @@ the cursor advance, guarded so a cursor that moved under us aborts the page.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -57,6 +60,8 @@ class TargetTables:
         self.conn, self.tenancy_id, self.lock_key, self.schema = conn, tenancy_id, lock_key, schema
         self._column_types: dict[str, dict[str, str]] = {}
         self._staged: dict[str, list[str]] = {}
+        self._not_source: tuple | None = None  # the source session refuse_source last passed
+        self._claimed = False  # ensure_metadata passed on this connection
 
     def lock(self, timeout_s: float) -> None:
         """Serialize runs for this tenancy and target: a session advisory lock, dropped with the
@@ -65,8 +70,14 @@ class TargetTables:
         fault, not as a busy target."""
         if self.lock_key is None:
             raise ValueError("TargetTables.lock needs the target's lock_key")
+        if self.conn.execute("select pg_try_advisory_lock(%s)", (self.lock_key,)).fetchone()[0]:
+            return  # free: one round trip
         self._take("pg_advisory_lock", self.lock_key, timeout_s,
                    f"another sync of tenancy {self.tenancy_id} into this target is running")
+
+    def unlock(self) -> bool:
+        """Release the lock that lock() took; whether this session held it."""
+        return self.conn.execute("select pg_advisory_unlock(%s)", (self.lock_key,)).fetchone()[0]
 
     def _take(self, function: str, key: int, timeout_s: float, busy: str) -> None:
         """One advisory lock function on key, waiting at most timeout_s. In a savepoint (or its
@@ -84,17 +95,23 @@ class TargetTables:
 
     def refuse_source(self, source_pid: int, source_started) -> None:
         """Refuse a target that is the source database itself: the source session is then a
-        session of this very database."""
+        session of this very database. Checked once per source session on this connection."""
+        if self._not_source == (source_pid, source_started):
+            return
         same = self.conn.execute(
             "select exists (select 1 from pg_stat_activity a where a.pid = %s and a.datname = current_database()"
             " and (a.backend_start = %s or a.backend_start is null))", (source_pid, source_started)).fetchone()[0]
         if same:
             raise PyglueError("the target is the source database itself; refusing to sync into it")
+        self._not_source = (source_pid, source_started)
 
     def ensure_metadata(self) -> None:
         """Create the cursor table once and claim the database for this tenancy; refuse a
         database another tenancy has claimed. Claims are serialized database-wide, so two
-        tenancies' first syncs into one empty database cannot both pass the check."""
+        tenancies' first syncs into one empty database cannot both pass the check. Once passed
+        on this connection it holds for it: no other tenancy can claim the database after."""
+        if self._claimed:
+            return
         metadata = self._metadata()
         with self.conn.transaction():
             self._take("pg_advisory_xact_lock", CLAIM_KEY, 10, "another tenancy's first sync into this target is "
@@ -111,9 +128,13 @@ class TargetTables:
         if other:
             raise PyglueError(f"target already holds data of tenancy {other[0]}; refusing to sync tenancy "
                               f"{self.tenancy_id} into it (one target database per tenancy)")
+        self._claimed = True
 
     def ensure_mapping(self, mapping: Mapping) -> int:
         """The mapping's cursor; on first sync, create its table (once) and a cursor row of 0."""
+        cursor = self._cursor(mapping, lock=False)
+        if cursor is not None:
+            return cursor
         with self.conn.transaction():
             cursor = self._cursor(mapping, lock=False)
             if cursor is not None:
@@ -169,16 +190,16 @@ class TargetTables:
         keep the last change of each key, delete, upsert and advance the cursor, all in one
         transaction. Returns (last sequence id, rows fetched), or None when nothing came."""
         def check(raw: sql.Composable) -> int:
-            bad = self.conn.execute(sql.SQL(
-                "select x.sequence_id, x.prev from (select sequence_id, pyglue_ord,"
-                " lag(sequence_id) over (order by pyglue_ord) as prev from {}) x"
-                " where x.sequence_id is null or x.sequence_id <= x.prev order by x.pyglue_ord limit 1").format(raw)
-            ).fetchone()
-            if bad is not None:
+            first, last, out_of_order, bad, after = self.conn.execute(sql.SQL(
+                "select r.first, r.last, b.found, b.sequence_id, b.prev"
+                " from (select min(sequence_id) as first, max(sequence_id) as last from {raw}) r"
+                " left join lateral (select true as found, x.sequence_id, x.prev from (select sequence_id, pyglue_ord,"
+                " lag(sequence_id) over (order by pyglue_ord) as prev from {raw}) x"
+                " where x.sequence_id is null or x.sequence_id <= x.prev order by x.pyglue_ord limit 1) b on true"
+            ).format(raw=raw)).fetchone()
+            if out_of_order:
                 raise PyglueError(f"mapping {mapping.name}: fetch must return rows in strictly increasing sequence_id "
-                                  f"order, got {bad[0]} after {bad[1]}")
-            first, last = self.conn.execute(sql.SQL("select min(sequence_id), max(sequence_id) from {}").format(raw)
-                                            ).fetchone()
+                                  f"order, got {bad} after {after}")
             limit = handed_out()
             if first <= expected_cursor or last > limit:
                 raise PyglueError(f"mapping {mapping.name}: fetch returned sequence ids outside ({expected_cursor}, "
@@ -214,12 +235,11 @@ class TargetTables:
         self._check_columns(mapping, columns, expected_cursor)
         try:
             with self.conn.transaction():
-                current = self._cursor(mapping, lock=True)
+                # the last change per key is a sort of the page: in memory, not on disk
+                current = self._cursor(mapping, lock=True, also="set_config('work_mem', '64MB', true)")
                 if current != expected_cursor:
                     raise PyglueError(f"cursor of mapping {mapping.name} moved from {expected_cursor} to {current} "
                                       "during the page; page not applied")
-                # the last change per key is a sort of the page: in memory, not on disk
-                self.conn.execute("select set_config('work_mem', '64MB', true)")
                 raw = self._raw_stage(mapping, columns)
                 names = sql.SQL(", ").join(map(sql.Identifier, ["sequence_id", "is_deleted", *columns]))
                 with self.conn.cursor().copy(sql.SQL("copy {} ({}) from stdin").format(raw, names)) as copy:
@@ -263,9 +283,10 @@ class TargetTables:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _cursor(self, mapping: Mapping, lock: bool) -> int | None:
-        query = sql.SQL("select last_synced_sequence_id from {} where tenancy_id = %s and mapping_name = %s{}").format(
-            self._metadata(), sql.SQL(" for update" if lock else ""))
+    def _cursor(self, mapping: Mapping, lock: bool, also: str | None = None) -> int | None:
+        """The cursor row's value (locked for the transaction), and `also` evaluated beside it."""
+        query = sql.SQL("select last_synced_sequence_id{} from {} where tenancy_id = %s and mapping_name = %s{}").format(
+            sql.SQL(f", {also}" if also else ""), self._metadata(), sql.SQL(" for update" if lock else ""))
         row = self.conn.execute(query, (self.tenancy_id, mapping.name)).fetchone()
         return None if row is None else row[0]
 
@@ -329,3 +350,61 @@ class TargetTables:
     def _render_target(self, template: str) -> str:
         env = render.environment(paths.TEMPLATES / "target")
         return env.get_template(template).render(schema=self.schema)
+
+
+class TargetSessions:
+    """Target connections that one thread (a worker's sync thread) keeps from one round to the
+    next, so a round skips the connection (a backend started on the target), the claim check
+    of the database and the creation of its stage tables. A session is kept only after a
+    round that ended cleanly and released the target's lock; an error closes it. At most
+    `keep` are kept (the least recently used is closed first), none idle longer than idle_s,
+    and one the target ended meanwhile is replaced before use. keep=0: a connection per round."""
+
+    def __init__(self, connect: Callable[[str], psycopg.Connection], keep: int = 8, idle_s: float = 60.0):
+        self.connect, self.keep, self.idle_s = connect, keep, idle_s
+        self._kept: OrderedDict[tuple, tuple[TargetTables, float]] = OrderedDict()
+
+    @contextmanager
+    def borrow(self, target: dict, tenancy_id: uuid.UUID) -> Iterator[TargetTables]:
+        """TargetTables on a connection to the target (its lock not taken yet); lock() it."""
+        key = (target["id"], target["connection_string"], target["lock_key"], tenancy_id)
+        tables = self._reuse(key)
+        if tables is None:
+            tables = TargetTables(self.connect(target["connection_string"]), tenancy_id, target["lock_key"])
+        try:
+            yield tables
+        except BaseException:
+            tables.conn.close()
+            raise
+        if self.keep > 0 and _released(tables):
+            self._kept[key] = (tables, time.monotonic())
+            while len(self._kept) > self.keep:
+                self._kept.popitem(last=False)[1][0].conn.close()
+        else:
+            tables.conn.close()
+
+    def close(self) -> None:
+        while self._kept:
+            self._kept.popitem()[1][0].conn.close()
+
+    def _reuse(self, key: tuple) -> TargetTables | None:
+        now = time.monotonic()
+        for stale in [k for k, (_, since) in self._kept.items() if now - since > self.idle_s]:
+            self._kept.pop(stale)[0].conn.close()
+        tables = self._kept.pop(key, (None, 0.0))[0]
+        if tables is None:
+            return None
+        try:
+            tables.conn.execute("select 1")
+        except psycopg.Error:  # ended by the target (a restart, idle_session_timeout): a new one
+            tables.conn.close()
+            return None
+        return tables
+
+
+def _released(tables: TargetTables) -> bool:
+    """Release the target's lock so the session can be kept; False (to close it) when it fails."""
+    try:
+        return tables.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and tables.unlock()
+    except psycopg.Error:
+        return False

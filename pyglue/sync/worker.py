@@ -28,6 +28,7 @@ from pyglue import dsn as dsns
 from pyglue.errors import PyglueError
 from pyglue.sync import engine
 from pyglue.sync.mappings import Mapping
+from pyglue.sync.target import TargetSessions
 from pyglue.webhooks import delivery
 
 BUSY_RETRY_S = 1.0  # a target another run holds is tried again this soon
@@ -54,6 +55,7 @@ class Worker:
         self.stop = threading.Event()
         self._local = threading.local()
         self._sources: list[psycopg.Connection] = []
+        self._targets: list[TargetSessions] = []
         self.telemetry = telemetry.Recorder(self.id, log)
         self._clients: list[delivery.Clients] = []
 
@@ -79,6 +81,8 @@ class Worker:
         finally:
             for conn in self._sources:
                 conn.close()
+            for sessions in self._targets:
+                sessions.close()
             for clients in self._clients:
                 clients.close()
 
@@ -155,6 +159,13 @@ class Worker:
             self._sources.append(conn)
         return conn
 
+    def _target_sessions(self) -> TargetSessions:
+        sessions = getattr(self._local, "targets", None)
+        if sessions is None:
+            sessions = self._local.targets = TargetSessions(engine.target_connection)
+            self._targets.append(sessions)
+        return sessions
+
     def _http(self) -> delivery.Clients:
         clients = getattr(self._local, "http", None)
         if clients is None:
@@ -172,6 +183,7 @@ class Worker:
                                      statement_timeout_ms=self.options.statement_timeout_ms,
                                      # give up on a busy target well before the lease runs out
                                      lock_timeout_s=min(60.0, self.options.lease_s / 2),
+                                     sessions=self._target_sessions(),
                                      on_page=lambda: self._renew(source, request_id),
                                      on_applied=lambda target_id, mapping, rows: self.telemetry.page_applied(
                                          target_id, mapping.name, rows))
@@ -229,9 +241,8 @@ class Worker:
     def _renew(self, source: psycopg.Connection, request_id: int) -> None:
         """Renew the lease (and make this session its holder) after a page; a lease lost to
         another worker stops this sync."""
-        with source.transaction():
-            held = source.execute("select pyglue.extend_lease(%s, %s, make_interval(secs => %s)) as held",
-                                  (request_id, self.id, self.options.lease_s)).fetchone()["held"]
+        held = source.execute(f"select {engine.UNFLUSHED}, pyglue.extend_lease(%s, %s, make_interval(secs => %s)) as held",
+                              (request_id, self.id, self.options.lease_s)).fetchone()["held"]
         if not held:
             self.log(f"request {request_id}: lease lost to another worker; stopping this sync")
             raise engine.Stopped()
