@@ -173,6 +173,25 @@ def test_enqueue_notifies_listeners(fresh_db, connect, q):
     assert [n.channel for n in notes] == ["pyglue_requests"]
 
 
+@pytest.mark.parametrize("finish", ["complete_request", "release_request"])
+def test_finishing_a_claim_wakes_listeners_only_when_it_matched(fresh_db, connect, q, finish):
+    """A request of the tenancy queued behind the claim (or the released one) is claimable
+    from that commit on: the workers are woken, whoever finished it."""
+    t = uuid.uuid4()
+    rid = enqueue(q, t)
+    claim(q, "w")
+    enqueue(q, t)  # queued behind the claim
+    listener = connect(fresh_db, autocommit=True)
+    listener.execute("listen pyglue_requests")
+    assert q.execute(f"select pyglue.{finish}(%s, 'someone else') as ok", (rid,)).fetchone()["ok"] is False
+    assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+    with q.transaction():
+        assert q.execute(f"select pyglue.{finish}(%s, 'w') as ok", (rid,)).fetchone()["ok"] is True
+        assert list(listener.notifies(timeout=0.2, stop_after=1)) == []  # not before the commit
+    assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == ["pyglue_requests"]
+    assert len(claim(q, "w2")) == 1
+
+
 def test_one_claim_takes_one_request_per_tenancy(q):
     t = uuid.uuid4()
     old = enqueue(q, t)

@@ -5,6 +5,7 @@ target ended them, closed after an error, when idle or beyond their number."""
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
 import pytest
@@ -23,11 +24,18 @@ def world(fresh_db, connect, make_database):
     return w
 
 
-def sync_pids(dsn: str) -> list[int]:
-    """The pyglue sessions open in a target database (other than the caller's)."""
+def sync_pids(dsn: str, expect: int) -> list[int]:
+    """The pyglue sessions open in a target database, once there are `expect` of them (a
+    closed session's backend leaves pg_stat_activity a moment after the close), or as they
+    are after 5 s."""
+    deadline = time.monotonic() + 5
     with psycopg.connect(dsn, autocommit=True) as c:
-        return [r[0] for r in c.execute("select pid from pg_stat_activity where datname = current_database()"
-                                        " and application_name = 'pyglue sync' order by pid")]
+        while True:
+            pids = [r[0] for r in c.execute("select pid from pg_stat_activity where datname = current_database()"
+                                            " and application_name = 'pyglue sync' order by pid")]
+            if len(pids) == expect or time.monotonic() > deadline:
+                return pids
+            time.sleep(0.02)
 
 
 def lock_key(world) -> int:
@@ -45,16 +53,16 @@ def test_a_kept_session_is_reused_and_leaves_the_targets_lock_free_between_round
     with engine.source_connection(world.dsn) as source:
         f.user(world.conn, world.tenancy, "first")
         assert round_(world, sessions, source).failed == []
-        kept = sync_pids(world.targets["main"])
+        kept = sync_pids(world.targets["main"], 1)
         assert len(kept) == 1
         with psycopg.connect(world.targets["main"], autocommit=True) as other:  # e.g. targets verify --repair
             assert other.execute("select pg_try_advisory_lock(%s)", (lock_key(world),)).fetchone()[0]
         f.user(world.conn, world.tenancy, "second")
         result = round_(world, sessions, source)
         assert result.failed == [] and result.rows == 1
-        assert sync_pids(world.targets["main"]) == kept  # the same backend: no new connection
+        assert sync_pids(world.targets["main"], 1) == kept  # the same backend: no new connection
     sessions.close()
-    assert sync_pids(world.targets["main"]) == []
+    assert sync_pids(world.targets["main"], 0) == []
     assert {r["display_name"] for r in world.rows("users")} == {"first", "second"}
 
 
@@ -63,13 +71,13 @@ def test_a_session_the_target_ended_between_rounds_is_replaced_without_an_error(
     with engine.source_connection(world.dsn) as source:
         f.user(world.conn, world.tenancy, "first")
         round_(world, sessions, source)
-        [kept] = sync_pids(world.targets["main"])
+        [kept] = sync_pids(world.targets["main"], 1)
         with psycopg.connect(world.targets["main"], autocommit=True) as admin:  # a restart, idle_session_timeout
             admin.execute("select pg_terminate_backend(%s)", (kept,))
         f.user(world.conn, world.tenancy, "second")
         result = round_(world, sessions, source)
         assert result.failed == [] and result.rows == 1
-        [fresh] = sync_pids(world.targets["main"])
+        [fresh] = sync_pids(world.targets["main"], 1)
         assert fresh != kept
         status = world.conn.execute("select last_error, consecutive_failures from pyglue.sync_targets").fetchone()
         assert status == {"last_error": None, "consecutive_failures": 0}
@@ -86,7 +94,7 @@ def test_a_failed_round_closes_its_session_and_the_next_starts_clean(world):
         f.user(world.conn, world.tenancy, "second")
         failed = round_(world, sessions, source)
         assert "applying a page" in failed.targets[0].error
-        assert sync_pids(world.targets["main"]) == []  # not kept: nothing half-done lingers, no lock held
+        assert sync_pids(world.targets["main"], 0) == []  # not kept: nothing half-done lingers, no lock held
         with psycopg.connect(world.targets["main"], autocommit=True) as admin:
             assert admin.execute("select pg_try_advisory_lock(%s)", (lock_key(world),)).fetchone()[0]
             admin.execute("select pg_advisory_unlock_all()")
@@ -102,15 +110,15 @@ def test_sessions_beyond_keep_or_idle_longer_than_idle_s_are_closed(world):
     with engine.source_connection(world.dsn) as source:
         one = TargetSessions(engine.target_connection, keep=1)
         round_(world, one, source)
-        assert len(sync_pids(world.targets["main"]) + sync_pids(world.targets["second"])) == 1
+        assert len(sync_pids(world.targets["main"], 0) + sync_pids(world.targets["second"], 1)) == 1
         one.close()
         idle = TargetSessions(engine.target_connection, idle_s=0.0)
         round_(world, idle, source)  # borrowing the second target's session closed the first's, idle past 0 s
-        assert sync_pids(world.targets["main"]) == [] and len(sync_pids(world.targets["second"])) == 1
+        assert sync_pids(world.targets["main"], 0) == [] and len(sync_pids(world.targets["second"], 1)) == 1
         with idle.borrow({"id": -1, "connection_string": world.targets["main"], "lock_key": 1}, world.tenancy):
-            assert sync_pids(world.targets["second"]) == [] and len(sync_pids(world.targets["main"])) == 1
+            assert sync_pids(world.targets["second"], 0) == [] and len(sync_pids(world.targets["main"], 1)) == 1
         idle.close()
-    assert sync_pids(world.targets["main"]) + sync_pids(world.targets["second"]) == []
+    assert sync_pids(world.targets["main"], 0) + sync_pids(world.targets["second"], 0) == []
 
 
 def test_a_caught_up_round_does_not_touch_the_target(world):

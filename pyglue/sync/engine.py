@@ -396,8 +396,8 @@ UNFLUSHED = "set_config('synchronous_commit', 'off', true)"
 
 def _mirror_cursor(source: psycopg.Connection, target_id: int, mapping: Mapping, cursor: int,
                    flush: bool = False) -> None:
-    source.execute(f"select {'' if flush else UNFLUSHED + ','} pyglue.record_sync_cursor(%s, %s, %s)",
-                   (target_id, mapping.name, cursor))
+    call = "pyglue.record_sync_cursor(%s, %s, %s)"
+    source.execute(f"select {call}" if flush else f"select {UNFLUSHED}, {call}", (target_id, mapping.name, cursor))
 
 
 def _record(source: psycopg.Connection, target_id: int, error: str | None) -> None:

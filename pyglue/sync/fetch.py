@@ -25,6 +25,7 @@ above depends on it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -198,7 +199,7 @@ class RowStream:
         if self.empty():
             return 0
         rows = 0
-        for data in _chain(self._first, self._chunks):
+        for data in itertools.chain([self._first], self._chunks):
             rows += 1
             if self.limit is not None and rows > self.limit:
                 raise _too_many(self.mapping_name, self.limit)
@@ -212,11 +213,6 @@ class RowStream:
     def _copy_out(self) -> Iterator[memoryview]:
         with _fetch_errors(self.mapping_name), self.fetcher.cursor().copy(self.statement, self.params) as copy:
             yield from copy
-
-
-def _chain(first: memoryview, rest: Iterator[memoryview]) -> Iterator[memoryview]:
-    yield first
-    yield from rest
 
 
 @contextmanager

@@ -205,9 +205,7 @@ class Worker:
                     if not released and not result.sync_disabled:  # lost to another worker: keep the work queued
                         source.execute("select pyglue.enqueue_sync(%s)", (tenancy,))
                     return
-                source.execute("select pyglue.complete_request(%s, %s)", (request_id, self.id))
-                # wakes the workers' loops: a request of this tenancy queued meanwhile is free now
-                source.execute("select pg_notify('pyglue_requests', '')")
+                source.execute("select pyglue.complete_request(%s, %s)", (request_id, self.id))  # wakes the workers
                 busy = any(t.busy for t in result.targets)
                 if result.failed or any(t.skipped for t in result.targets):
                     source.execute(queries.load("schedule_target_retry"),

@@ -1,7 +1,8 @@
 -- pyglue.release_request(p_id, p_worker): hand a claimed request back unfinished (a worker
 -- shutting down). It becomes pending at once and the claim does not count as an attempt;
 -- if the tenancy has a pending request already, the two merge. Returns false when the
--- request is not claimed by p_worker.
+-- request is not claimed by p_worker. The workers are woken (NOTIFY pyglue_requests at
+-- commit), so another one takes it over at once.
 -- Locks: the request row (FOR UPDATE).
 create or replace function pyglue.release_request(p_id bigint, p_worker text)
 returns boolean
@@ -25,6 +26,7 @@ begin
     exception when unique_violation then
         delete from pyglue.outgoing_requests where id = p_id;
     end;
+    perform pg_notify('pyglue_requests', '');
     return true;
 end;
 $$;
