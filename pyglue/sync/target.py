@@ -75,9 +75,9 @@ class TargetTables:
         self._take("pg_advisory_lock", self.lock_key, timeout_s,
                    f"another sync of tenancy {self.tenancy_id} into this target is running")
 
-    def unlock(self) -> bool:
-        """Release the lock that lock() took; whether this session held it."""
-        return self.conn.execute("select pg_advisory_unlock(%s)", (self.lock_key,)).fetchone()[0]
+    def unlock(self) -> None:
+        """Release the lock that lock() took (every session advisory lock of this connection)."""
+        self.conn.execute("select pg_advisory_unlock_all()")
 
     def _take(self, function: str, key: int, timeout_s: float, busy: str) -> None:
         """One advisory lock function on key, waiting at most timeout_s. In a savepoint (or its
@@ -404,7 +404,10 @@ class TargetSessions:
 
 def _released(tables: TargetTables) -> bool:
     """Release the target's lock so the session can be kept; False (to close it) when it fails."""
+    if tables.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return False
     try:
-        return tables.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and tables.unlock()
+        tables.unlock()
     except psycopg.Error:
         return False
+    return True
