@@ -357,8 +357,9 @@ class TargetSessions:
     next, so a round skips the connection (a backend started on the target), the claim check
     of the database and the creation of its stage tables. A session is kept only after a
     round that ended cleanly and released the target's lock; an error closes it. At most
-    `keep` are kept (the least recently used is closed first), none idle longer than idle_s,
-    and one the target ended meanwhile is replaced before use. keep=0: a connection per round."""
+    `keep` are kept (the least recently used is closed first); those idle longer than idle_s
+    are closed at the next borrow, and one the target ended meanwhile is replaced before use.
+    keep=0: a connection per round."""
 
     def __init__(self, connect: Callable[[str], psycopg.Connection], keep: int = 8, idle_s: float = 60.0):
         self.connect, self.keep, self.idle_s = connect, keep, idle_s
