@@ -357,9 +357,11 @@ class TargetSessions:
     next, so a round skips the connection (a backend started on the target), the claim check
     of the database and the creation of its stage tables. A session is kept only after a
     round that ended cleanly and released the target's lock; an error closes it. At most
-    `keep` are kept (the least recently used is closed first); those idle longer than idle_s
-    are closed at the next borrow, and one the target ended meanwhile is replaced before use.
-    keep=0: a connection per round."""
+    `keep` are kept (the least recently used is closed first); one idle longer than idle_s is
+    closed at the next borrow, and ended by the target itself if no borrow comes (its
+    idle_session_timeout, PG 14+, set between rounds only), so a worker gone quiet holds no
+    connection that would block a DROP DATABASE for long. One the target ended meanwhile is
+    replaced before use. keep=0: a connection per round."""
 
     def __init__(self, connect: Callable[[str], psycopg.Connection], keep: int = 8, idle_s: float = 60.0):
         self.connect, self.keep, self.idle_s = connect, keep, idle_s
@@ -377,7 +379,7 @@ class TargetSessions:
         except BaseException:
             tables.conn.close()
             raise
-        if self.keep > 0 and _released(tables):
+        if self.keep > 0 and _released(tables, self.idle_s):
             self._kept[key] = (tables, time.monotonic())
             while len(self._kept) > self.keep:
                 self._kept.popitem(last=False)[1][0].conn.close()
@@ -395,20 +397,27 @@ class TargetSessions:
         tables = self._kept.pop(key, (None, 0.0))[0]
         if tables is None:
             return None
-        try:
-            tables.conn.execute("select 1")
-        except psycopg.Error:  # ended by the target (a restart, idle_session_timeout): a new one
+        try:  # no idle timeout during a round: the target may wait long for a page
+            tables.conn.execute(f"select {_IDLE_TIMEOUT}", ("0",))
+        except psycopg.Error:  # ended by the target (idle, a restart): a new one
             tables.conn.close()
             return None
         return tables
 
 
-def _released(tables: TargetTables) -> bool:
-    """Release the target's lock so the session can be kept; False (to close it) when it fails."""
+# idle_session_timeout where the target has it (PG 14+)
+_IDLE_TIMEOUT = ("case when current_setting('idle_session_timeout', true) is not null"
+                 " then set_config('idle_session_timeout', %s, false) end")
+
+
+def _released(tables: TargetTables, idle_s: float) -> bool:
+    """Release the target's lock so the session can be kept, and have the target end it once
+    idle for idle_s; False (to close it) when that fails."""
     if tables.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         return False
     try:
         tables.unlock()
+        tables.conn.execute(f"select {_IDLE_TIMEOUT}", (f"{max(1, round(idle_s * 1000))}ms",))
     except psycopg.Error:
         return False
     return True
