@@ -187,7 +187,7 @@ def sync_target(source: psycopg.Connection, tenancy_id: uuid.UUID, target: dict,
         for mapping in mappings:
             cursors[mapping.name] = tables.ensure_mapping(mapping)
             if mirrored.get(mapping.name) != cursors[mapping.name]:  # the mirror lags (a sync killed between the two writes)
-                # flushed when it is the first: with no mirror the purge takes the target for one that needs no tombstones
+                # the first is flushed: with no mirror the purge takes the target for one needing no tombstones
                 _mirror_cursor(source, target["id"], mapping, cursors[mapping.name],
                                flush=mapping.name not in mirrored)
         fresh = sum(1 for c in cursors.values() if c == 0)

@@ -239,8 +239,9 @@ class Worker:
     def _renew(self, source: psycopg.Connection, request_id: int) -> None:
         """Renew the lease (and make this session its holder) after a page; a lease lost to
         another worker stops this sync."""
-        held = source.execute(f"select {engine.UNFLUSHED}, pyglue.extend_lease(%s, %s, make_interval(secs => %s)) as held",
-                              (request_id, self.id, self.options.lease_s)).fetchone()["held"]
+        held = source.execute(
+            f"select {engine.UNFLUSHED}, pyglue.extend_lease(%s, %s, make_interval(secs => %s)) as held",
+            (request_id, self.id, self.options.lease_s)).fetchone()["held"]
         if not held:
             self.log(f"request {request_id}: lease lost to another worker; stopping this sync")
             raise engine.Stopped()
