@@ -29,7 +29,7 @@ import itertools
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -229,11 +229,8 @@ def stream_rows(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping_name:
             cur.execute(fetch_sql, params)
             names = [d.name for d in cur.description]
         statement = sql.SQL("copy (\n{}\n) to stdout").format(sql.SQL(fetch_sql))
-        rows = RowStream(fetcher, mapping_name, statement, params, names, limit)
-        try:
+        with closing(RowStream(fetcher, mapping_name, statement, params, names, limit)) as rows:
             yield rows
-        finally:
-            rows.close()
 
 
 # A snapshot's rows with the watermark in front: the highest sequence id of the source
@@ -268,11 +265,8 @@ def stream_snapshot(source: psycopg.Connection, tenancy_id: uuid.UUID, mapping_n
             cur.execute(snapshot_sql, params)
             names = ["sequence_id", "is_deleted", *(d.name for d in cur.description)]
         statement = sql.SQL(_SNAPSHOT).format(source=sql.Identifier(schema, table), snapshot=sql.SQL(snapshot_sql))
-        rows = RowStream(fetcher, mapping_name, statement, params, names, None)
-        try:
+        with closing(RowStream(fetcher, mapping_name, statement, params, names, None)) as rows:
             yield rows
-        finally:
-            rows.close()
 
 
 def describe_error(exc: psycopg.Error) -> str:

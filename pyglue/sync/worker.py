@@ -54,10 +54,8 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stop = threading.Event()
         self._local = threading.local()
-        self._sources: list[psycopg.Connection] = []
-        self._targets: list[TargetSessions] = []
+        self._owned: list = []  # what the sync threads opened (_per_thread), closed when run() ends
         self.telemetry = telemetry.Recorder(self.id, log)
-        self._clients: list[delivery.Clients] = []
 
     def run(self, until_idle: bool = False) -> None:
         """Work until stop is set (or, with until_idle, until nothing is left to do).
@@ -79,12 +77,8 @@ class Worker:
                     self.stop.wait(delay)
                     delay = min(delay * 2, 30.0)
         finally:
-            for conn in self._sources:
-                conn.close()
-            for sessions in self._targets:
-                sessions.close()
-            for clients in self._clients:
-                clients.close()
+            for owned in self._owned:
+                owned.close()
 
     def _run_connected(self, until_idle: bool) -> None:
         opts = self.options
@@ -152,26 +146,23 @@ class Worker:
         return control.execute("select id, tenancy_id from pyglue.claim_requests(%s, %s, make_interval(secs => %s))",
                                (self.id, limit, self.options.lease_s)).fetchall()
 
+    def _per_thread(self, name: str, make: Callable[[], object]):
+        """This sync thread's own `name` (made again once closed), closed when run() ends."""
+        owned = getattr(self._local, name, None)
+        if owned is None or getattr(owned, "closed", False):
+            owned = make()
+            setattr(self._local, name, owned)
+            self._owned.append(owned)
+        return owned
+
     def _source(self) -> psycopg.Connection:
-        conn = getattr(self._local, "source", None)
-        if conn is None or conn.closed:
-            conn = self._local.source = engine.source_connection(self.dsn)
-            self._sources.append(conn)
-        return conn
+        return self._per_thread("source", lambda: engine.source_connection(self.dsn))
 
     def _target_sessions(self) -> TargetSessions:
-        sessions = getattr(self._local, "targets", None)
-        if sessions is None:
-            sessions = self._local.targets = TargetSessions(engine.target_connection)
-            self._targets.append(sessions)
-        return sessions
+        return self._per_thread("targets", lambda: TargetSessions(engine.target_connection))
 
     def _http(self) -> delivery.Clients:
-        clients = getattr(self._local, "http", None)
-        if clients is None:
-            clients = self._local.http = delivery.Clients(self.options.webhooks)
-            self._clients.append(clients)
-        return clients
+        return self._per_thread("http", lambda: delivery.Clients(self.options.webhooks))
 
     def _handle(self, request: dict) -> None:
         """Sync one claimed tenancy, deliver its webhooks, and settle its request: complete,
