@@ -20,7 +20,8 @@ and recreated at the start. Measurements, one run, one machine:
    the tenancy, whose target `full` is caught up, while a writer thread commits
    batches of 10 user renames every 10 ms (~1,000 changes/s, each user once, each with its
    own marker 'lat-<n>' as display name) and a poller reads the target every ~5 ms for the
-   markers; latency is commit acknowledged -> first seen in the target.
+   markers; latency is the writer's statement done (just before its commit) -> first read
+   in the target, both on the servers' clock.
 
 Each throughput measurement starts after VACUUM ANALYZE of the source tables and a
 CHECKPOINT; autovacuum is off on the source tables (on in the targets, which the engine
@@ -251,13 +252,17 @@ class Latency:
 
 
 class MarkerBoard:
-    """Markers written to the source and waited for in the target, shared by writer and poller."""
+    """Markers written to the source and waited for in the target, shared by writer and poller.
+    Times are the servers' clocks (epoch seconds; the servers run on this machine), so a
+    thread of the bench waiting for the interpreter lock cannot shift them: committed = the
+    writer's statement done, just before its commit; seen = the poller's statement reading the
+    row, after its snapshot. A change is seen only after its commit, so no latency is negative."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.waiting: dict[uuid.UUID, str] = {}  # user id -> marker it should show
-        self.committed: dict[str, float] = {}  # marker -> commit acknowledged (perf_counter)
-        self.seen: dict[str, float] = {}  # marker -> first seen in the target
+        self.committed: dict[str, float] = {}  # marker -> its statement done (source server's clock)
+        self.seen: dict[str, float] = {}  # marker -> first read in the target (target server's clock)
 
     def expect(self, ids: list[uuid.UUID], markers: list[str]) -> None:
         with self.lock:
@@ -271,29 +276,29 @@ class MarkerBoard:
         with self.lock:
             return list(self.waiting)
 
-    def saw(self, rows: list[tuple[uuid.UUID, str]], at: float) -> None:
+    def saw(self, rows: list[tuple[uuid.UUID, str, float]]) -> None:
         with self.lock:
-            for user_id, name in rows:
+            for user_id, name, at in rows:
                 if self.waiting.get(user_id) == name:
                     del self.waiting[user_id]
                     self.seen[name] = at
 
 
 def poll_target(target_dsn: str, board: MarkerBoard, stop: threading.Event,
-                table: tuple[str, str] = ("public", "users")) -> None:
+                table: tuple[str, str] = ("public", "users"), column: str = "display_name") -> None:
     with db.connect(target_dsn, autocommit=True, row_factory=tuple_row, application_name="pyglue bench poller") as conn:
         while not stop.is_set():
             ids = board.pending()
             if ids:
-                rows = run(conn, "target_display_names", {"ids": ids}, table=table).fetchall()
-                board.saw(rows, time.perf_counter())
+                board.saw(run(conn, "target_markers", {"ids": ids}, table=table, column=column).fetchall())
             time.sleep(POLL_EVERY_S)
 
 
 def write_changes(source_dsn: str, user_ids: list[uuid.UUID], board: MarkerBoard, seconds: float,
                   first_marker: int, batch_changes: int = BATCH_CHANGES,
-                  every_s: float = BATCH_EVERY_S) -> tuple[int, float]:
-    """Batches of batch_changes renames every every_s, each batch one commit; (changes, seconds)."""
+                  every_s: float = BATCH_EVERY_S, column: str = "display_name") -> tuple[int, float]:
+    """Batches of batch_changes markers written into column every every_s, each batch one
+    commit; (changes, seconds)."""
     changes, n = 0, first_marker
     with db.connect(source_dsn, autocommit=True, application_name="pyglue bench writer") as conn:
         start = time.perf_counter()
@@ -302,8 +307,9 @@ def write_changes(source_dsn: str, user_ids: list[uuid.UUID], board: MarkerBoard
             ids = user_ids[changes:changes + batch_changes]
             markers = [f"lat-{n + i}" for i in range(len(ids))]
             board.expect(ids, markers)
-            run(conn, "mark_users", {"ids": ids, "markers": markers, "tenancy_id": TENANCY})
-            board.commit(markers, time.perf_counter())
+            written = run(conn, "mark_users", {"ids": ids, "markers": markers, "tenancy_id": TENANCY},
+                          column=column).fetchone()
+            board.commit(markers, written["at"])
             changes, n, batch = changes + len(ids), n + len(ids), batch + 1
             # keep the schedule (batch k at start + k * interval) without bursting to catch up
             delay = start + batch * every_s - time.perf_counter()

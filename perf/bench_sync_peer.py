@@ -19,12 +19,15 @@ and pyglue's tenancy both leave out. Measured, one run, same rows, same server:
 3. pyglue initial sync of the same, already sequenced rows into a second empty target: the
    fair comparison with 2 (goal >= 1.0 of the peer's rows/s; 1 has the goal >= 0.5);
 4. steady state, unless --skip-churn (autovacuum on again, after a VACUUM): a writer commits
-   renames of distinct users at ~1,000 and ~10,000 changes/s (batches every 10 ms) for
-   --churn-seconds; a poller reads the target every ~5 ms; latency = commit acknowledged ->
-   first seen in the target, p50 and p99, for pyglue (a Worker in a process of its own, as
-   `pyglue worker` runs; the subscription disabled) and for the peer (no worker), and the
-   time the backlog takes to drain after the writer stops. Beside them, the rate the same
-   writer reaches with nothing replicating: the machine's own limit.
+   changes of distinct users (batches every 10 ms) for --churn-seconds: renames at ~1,000
+   and ~10,000 changes/s (display_name: the app's statement trigger also rewrites each
+   user's search row in app.user_search, which caps the writer on this machine), and
+   avatar changes at ~10,000/s (profile_image_url: no search row). A poller reads the
+   target every ~5 ms; latency = the writer's statement done (just before its commit) ->
+   first read in the target, both on the servers' clock, p50 and p99, for pyglue (a Worker
+   in a process of its own, as `pyglue worker` runs; the subscription disabled) and for the
+   peer (no worker), and the drain: the last change's commit -> its arrival. Beside them,
+   the rate the same writer reaches with nothing replicating: the machine's own limit.
 
 Row counts of every target are checked against the source. Writes the bench_sync_peer block
 of perf/RESULTS.md.
@@ -63,7 +66,6 @@ PEER = "pyglue_peer"
 OTHER_TENANCY = uuid.UUID("00000000-0000-4000-8000-0000000000e7")
 MAPPINGS = ["users", "contact_channels"]
 TABLES = (("app", "users"), ("app", "contact_channels"))  # the source tables the mappings read
-RATES = (1_000, 10_000)
 EVERY_S = 0.010
 GOALS = {"initial": 1.0, "e2e": 0.5}
 P99_GOAL_MS = 500.0
@@ -71,8 +73,21 @@ BEGIN, END = "<!-- bench_sync_peer:begin -->", "<!-- bench_sync_peer:end -->"
 HEADING = "## Tenant sync beside logical replication"
 
 
+@dataclass(frozen=True)
+class Change:
+    """A steady-state writer's change: a marker written into one column of app.users."""
+    name: str
+    column: str
+
+
+RENAMES = Change("renames", "display_name")  # the app's search-row trigger rewrites app.user_search too
+AVATARS = Change("avatar changes", "profile_image_url")  # no search row: the sync's own cost shows
+STEADY = ((RENAMES, 1_000), (RENAMES, 10_000), (AVATARS, 10_000))
+
+
 @dataclass
 class Churn:
+    change: Change
     rate: int
     system: str
     latency: Latency
@@ -90,7 +105,7 @@ class ServerRun:
     peer_s: float = 0.0
     initial_s: float = 0.0
     churn: list[Churn] = field(default_factory=list)
-    alone: dict[int, float] = field(default_factory=dict)  # rate asked -> changes/s the writer reached alone
+    alone: dict[tuple[Change, int], float] = field(default_factory=dict)  # (change, rate asked) -> changes/s alone
 
     @property
     def rows(self) -> int:
@@ -189,26 +204,26 @@ def changes_per_commit(rate: int) -> int:
     return max(1, round(rate * EVERY_S))
 
 
-def churn(source_dsn: str, target_dsn: str, table: tuple[str, str], user_ids: list[uuid.UUID], rate: int,
-          seconds: float, worker: Callable[[], multiprocessing.Process] | None) -> tuple[Latency, float]:
-    """Writer at rate changes/s for seconds, poller on the target's table, and the worker (if
-    any) in a process of its own, as in production: (latency, drain seconds)."""
+def churn(source_dsn: str, target_dsn: str, table: tuple[str, str], change: Change, user_ids: list[uuid.UUID],
+          rate: int, seconds: float, worker: Callable[[], multiprocessing.Process] | None) -> tuple[Latency, float]:
+    """Writer of change at rate changes/s for seconds, poller on the target's table, and the
+    worker (if any) in a process of its own, as in production: (latency, drain seconds)."""
     batch = changes_per_commit(rate)
     board, stop = MarkerBoard(), threading.Event()
-    poller = threading.Thread(target=poll_target, args=(target_dsn, board, stop, table), daemon=True)
+    poller = threading.Thread(target=poll_target, args=(target_dsn, board, stop, table, change.column), daemon=True)
     poller.start()
     process = worker() if worker is not None else None
     try:
         warm, user_ids = user_ids[:batch], user_ids[batch:]
-        write_changes(source_dsn, warm, board, 0.001, first_marker=0, batch_changes=batch)
+        write_changes(source_dsn, warm, board, 0.001, first_marker=0, batch_changes=batch, column=change.column)
         if not wait_until(lambda: not board.pending(), 120):
             raise click.ClickException(f"{table}: warm-up changes not seen within 120 s")
         board.committed.clear()
         board.seen.clear()
         changes, writer_s = write_changes(source_dsn, user_ids, board, seconds, first_marker=batch,
-                                          batch_changes=batch, every_s=EVERY_S)
-        ended = time.perf_counter()
+                                          batch_changes=batch, every_s=EVERY_S, column=change.column)
         wait_until(lambda: not board.pending(), 300)
+        ended = max(board.committed.values())
         drain_s = max(board.seen.values(), default=ended) - ended
     finally:
         stop.set()
@@ -222,10 +237,10 @@ def churn(source_dsn: str, target_dsn: str, table: tuple[str, str], user_ids: li
     return Latency(changes, len(samples), writer_s, samples), max(drain_s, 0.0)
 
 
-def writer_alone(source_dsn: str, user_ids: list[uuid.UUID], rate: int, seconds: float) -> float:
+def writer_alone(source_dsn: str, change: Change, user_ids: list[uuid.UUID], rate: int, seconds: float) -> float:
     """The machine's capacity for the writer with nothing replicating: changes/s achieved."""
     changes, writer_s = write_changes(source_dsn, user_ids, MarkerBoard(), seconds, first_marker=0,
-                                      batch_changes=changes_per_commit(rate), every_s=EVERY_S)
+                                      batch_changes=changes_per_commit(rate), every_s=EVERY_S, column=change.column)
     return changes / writer_s
 
 
@@ -283,32 +298,35 @@ def run_server(label: str, server_dsn: str, users: int, page_size: int, churn_se
 
         if not skip_churn:
             user_ids = [r["id"] for r in run(conn, "tenancy_user_ids", {"tenancy_id": TENANCY})]
-            random.Random(20261202).shuffle(user_ids)
-            wanted = sum(3 * (int(rate * churn_seconds) + rate) for rate in RATES)
-            if wanted > len(user_ids):
-                raise click.ClickException(f"the steady-state writers rename {wanted:,} distinct users; the tenancy has"
-                                           f" {len(user_ids):,}: use more --users or fewer --churn-seconds")
+            pools = {}  # each change's users, every one changed at most once by it: no marker overwrites another
+            for change in dict.fromkeys(c for c, _ in STEADY):
+                wanted = sum(3 * (int(rate * churn_seconds) + rate) for c, rate in STEADY if c == change)
+                if wanted > len(user_ids):
+                    raise click.ClickException(f"the steady-state {change.name} touch {wanted:,} distinct users; the"
+                                               f" tenancy has {len(user_ids):,}: use more --users or fewer"
+                                               " --churn-seconds")
+                pools[change] = random.Random(f"20261202 {change.column}").sample(user_ids, wanted)
             for table in TABLES:
                 run(conn, "autovacuum_on", table=table)  # the steady state runs as production does
             settle(conn)  # the stamps of phases 1 and 3 left a dead version of every row
-            for rate in RATES:
-                need = int(rate * churn_seconds) + rate
+            for change, rate in STEADY:
+                need, what = int(rate * churn_seconds) + rate, f"{change.name} at {rate:,}/s"
                 logical_replication.set_enabled(dsns["peer"], PEER, False)
-                click.echo(f"[{label}] 4/4 steady state {rate:,}/s, the writer alone …", err=True)
-                ids, user_ids = user_ids[:need], user_ids[need:]
-                out.alone[rate] = writer_alone(dsns["source"], ids, rate, churn_seconds)
+                click.echo(f"[{label}] 4/4 steady state, {what}: the writer alone …", err=True)
+                ids, pools[change] = pools[change][:need], pools[change][need:]
+                out.alone[change, rate] = writer_alone(dsns["source"], change, ids, rate, churn_seconds)
                 capture.sequence_until_idle(conn)  # its changes are not part of what follows
                 for system in ("pyglue", "logical replication"):
-                    ids, user_ids = user_ids[:need], user_ids[need:]
-                    click.echo(f"[{label}] 4/4 steady state {rate:,}/s, {system} …", err=True)
+                    ids, pools[change] = pools[change][:need], pools[change][need:]
+                    click.echo(f"[{label}] 4/4 steady state, {what}: {system} …", err=True)
                     if system == "pyglue":
-                        latency, drain = churn(dsns["source"], dsns["initial"], ("public", "users"), ids, rate,
-                                               churn_seconds, worker_process(dsns["source"], chosen, page_size))
+                        latency, drain = churn(dsns["source"], dsns["initial"], ("public", "users"), change, ids,
+                                               rate, churn_seconds, worker_process(dsns["source"], chosen, page_size))
                     else:
                         logical_replication.set_enabled(dsns["peer"], PEER, True)
-                        latency, drain = churn(dsns["source"], dsns["peer"], ("app", "users"), ids, rate,
+                        latency, drain = churn(dsns["source"], dsns["peer"], ("app", "users"), change, ids, rate,
                                                churn_seconds, None)
-                    out.churn.append(Churn(rate, system, latency, drain))
+                    out.churn.append(Churn(change, rate, system, latency, drain))
         logical_replication.drop(dsns["source"], dsns["peer"], PEER)
     return out
 
@@ -336,15 +354,15 @@ def server_block(r: ServerRun) -> list[str]:
     if r.churn:
         lines += ["| steady state | achieved | p50 | p99 | max | drain after the writer stops | p99 goal |",
                   "|---|--:|--:|--:|--:|--:|---|"]
-        for rate, reached in r.alone.items():
-            lines.append(f"| the writer alone (nothing replicating), {rate:,} changes/s | {reached:,.0f}/s |"
-                         " | | | | |")
+        for (change, rate), reached in r.alone.items():
+            lines.append(f"| the writer alone (nothing replicating), {change.name}, {rate:,}/s asked |"
+                         f" {reached:,.0f}/s | | | | | |")
         for c in r.churn:
             s, reached = c.latency.summary, c.latency.committed / c.latency.seconds
             goal = "" if c.system != "pyglue" else (
                 f"<= {P99_GOAL_MS:g} ms: {'met' if s['p99'] <= P99_GOAL_MS else 'NOT met'}"
                 + (f" at the {reached:,.0f}/s reached, not the {c.rate:,}/s asked" if reached < 0.95 * c.rate else ""))
-            lines.append(f"| {c.system}, {c.rate:,} changes/s | {reached:,.0f}/s |"
+            lines.append(f"| {c.system}, {c.change.name}, {c.rate:,}/s asked | {reached:,.0f}/s |"
                          f" {s['p50']:,.0f} ms | {s['p99']:,.0f} ms | {s['max']:,.0f} ms | {c.drain_s:.2f} s | {goal} |")
         lines.append("")
     return lines
@@ -382,9 +400,11 @@ def write_results(runs: list[ServerRun], command: str) -> None:
               " until both tables are ready) beside pyglue's. The end-to-end lines start from rows that were"
               " inserted and never sequenced: a worker's first sync loads each mapping from a snapshot (no stamp"
               " needed) while its sequencer stamps both tenancies' backlog, whose pages then change nothing."
-              " The initial-sync line runs `pyglue sync` on rows already stamped. Steady state: distinct"
-              " users renamed in batches every 10 ms; latency from the writer's commit to the poller seeing the"
-              " row in the target.", END]
+              " The initial-sync line runs `pyglue sync` on rows already stamped. Steady state: markers written"
+              " into distinct users in batches every 10 ms, as renames (display_name, which the app's trigger"
+              " also copies into each user's search row, app.user_search) and as avatar changes"
+              " (profile_image_url, no search row); latency from the writer's statement done (just before its"
+              " commit) to the poller's read of the row in the target, both on the servers' clock.", END]
     text = "\n".join(block)
     write_block(BEGIN, END, text, HEADING)
     print(text, flush=True)

@@ -19,8 +19,9 @@ each POST, counts its events and notes when each latency marker first arrived.
 4. latency: a Worker thread follows the tenancy while a writer commits 10 renames every
    10 ms (each user once, with its own marker); once with only the target enabled (the
    sync path: a poller reads the target every ~5 ms), once with only the endpoint (the
-   receiver notes arrival). Latency is commit acknowledged -> seen (time.perf_counter,
-   CLOCK_MONOTONIC, shared by the processes of one machine).
+   receiver notes arrival). Latency is the writer's statement done (the source server's
+   clock, just before the commit) -> seen (time.time() in the receiver: the same machine's
+   clock).
 Prints tables and rewrites the bench_webhooks block of perf/RESULTS.md.
 """
 
@@ -62,7 +63,7 @@ HEADING = "## Webhooks"
 
 
 def serve(port: int) -> None:
-    """Count events; note the first arrival (perf_counter) of each display name 'lat-…'."""
+    """Count events; note the first arrival (time.time()) of each display name 'lat-…'."""
     stats = {"events": 0, "requests": 0, "markers": {}}
     lock = threading.Lock()
 
@@ -72,7 +73,7 @@ def serve(port: int) -> None:
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers["content-length"]))
-            at = time.perf_counter()
+            at = time.time()
             events = json.loads(body)["data"]["events"]
             with lock:
                 stats["events"] += len(events)
