@@ -258,15 +258,35 @@ class MarkerBoard:
     writer's statement done, just before its commit; seen = the poller's statement reading the
     row, after its snapshot. A change is seen only after its commit, so no latency is negative."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_batch: int | None = None) -> None:
         self.lock = threading.Lock()
+        self.per_batch = per_batch  # markers of a batch the poller waits for, evenly spread (None: all)
         self.waiting: dict[uuid.UUID, str] = {}  # user id -> marker it should show
         self.committed: dict[str, float] = {}  # marker -> its statement done (source server's clock)
         self.seen: dict[str, float] = {}  # marker -> first read in the target (target server's clock)
+        self.written: list[tuple[uuid.UUID, str]] = []  # every change, sampled or not
 
     def expect(self, ids: list[uuid.UUID], markers: list[str]) -> None:
+        pairs = list(zip(ids, markers))
+        sampled = pairs
+        if self.per_batch is not None and len(pairs) > self.per_batch:  # the first, the last, and between
+            step = (len(pairs) - 1) / (self.per_batch - 1)
+            sampled = [pairs[round(i * step)] for i in range(self.per_batch)]
         with self.lock:
-            self.waiting.update(zip(ids, markers))
+            self.written.extend(pairs)
+            self.waiting.update(sampled)
+
+    def clear(self) -> None:
+        """Forget what was written and seen (after a warm-up)."""
+        with self.lock:
+            self.committed.clear()
+            self.seen.clear()
+            self.written.clear()
+
+    def samples_ms(self) -> list[float]:
+        """Latency of each waited-for marker seen."""
+        with self.lock:
+            return [(self.seen[m] - t) * 1000 for m, t in self.committed.items() if m in self.seen]
 
     def commit(self, markers: list[str], at: float) -> None:
         with self.lock:
@@ -349,8 +369,7 @@ def measure_latency(source_dsn: str, target_dsn: str, seconds: float) -> tuple[L
         write_changes(source_dsn, warm_up, board, seconds, first_marker=0)  # one batch: the ids run out
         if not wait_until(lambda: not board.pending(), 60):
             raise click.ClickException(f"warm-up changes not seen in the target within 60 s; worker log: {log[-5:]}")
-        board.committed.clear()
-        board.seen.clear()
+        board.clear()
 
         changes, writer_s = write_changes(source_dsn, user_ids, board, seconds, first_marker=BATCH_CHANGES)
         wait_until(lambda: not board.pending(), 60)
@@ -359,7 +378,7 @@ def measure_latency(source_dsn: str, target_dsn: str, seconds: float) -> tuple[L
         worker.stop.set()
         poller.join(10)
         worker_thread.join(60)
-    samples = [(board.seen[m] - t) * 1000 for m, t in board.committed.items() if m in board.seen]
+    samples = board.samples_ms()
     problems = [line for line in log if "error" in line or "failed" in line]
     return Latency(changes, len(samples), writer_s, samples), problems
 
