@@ -62,7 +62,10 @@ class CrashableSource:
 
 
 @pytest.fixture
-def source(tmp_path_factory) -> Iterator[CrashableSource]:
+def source(tmp_path_factory, monkeypatch) -> Iterator[CrashableSource]:
+    # the fetch login of this server is reached through its own socket (it trusts local
+    # connections), not through the PYGLUE_FETCH_DSN the harness may have set for another server
+    monkeypatch.delenv("PYGLUE_FETCH_DSN", raising=False)
     home = tmp_path_factory.mktemp("crashable")
     home.chmod(0o755)  # the server runs as the pgserver user when we are root
     server = embedded.start(home)
