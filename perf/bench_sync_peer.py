@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
-import os
 import random
 import signal
 import threading
@@ -129,10 +128,8 @@ def embedded_server() -> str:
         for name, value in changed.items():
             conn.execute(sql.SQL("alter system set {} = {}").format(sql.Identifier(name), sql.Literal(value)))
     if changed:
-        from pgserver._commands import pg_ctl  # pgserver's own wrapper, as pyglue.embedded.stop uses it
-
         # a restart with the options the server was started with (postmaster.opts)
-        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.data_dir, user="pgserver" if os.geteuid() == 0 else None)
+        embedded.pg_ctl(server.data_dir, "-w", "-m", "fast", "restart")
     return server.dsn
 
 
@@ -251,8 +248,7 @@ def missing_changes(target_dsn: str, table: tuple[str, str], column: str, writte
         def count() -> int:
             return run(conn, "target_missing_markers", {"ids": ids, "markers": markers},
                        table=table, column=column).fetchone()["missing"]
-        wait_until(lambda: count() == 0, timeout_s, step_s=0.5)
-        return count()
+        return 0 if wait_until(lambda: count() == 0, timeout_s, step_s=0.5) else count()
 
 
 def writer_alone(source_dsn: str, change: Change, user_ids: list[uuid.UUID], rate: int, seconds: float) -> float:

@@ -69,9 +69,14 @@ def stop(home: Path | None = None) -> bool:
     server = running(home)
     if server is None:
         return False
-    _pgserver()
-    from pgserver._commands import pg_ctl
-
-    user = "pgserver" if os.geteuid() == 0 else None
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.data_dir, user=user)
+    pg_ctl(server.data_dir, "-w", "-m", "fast", "stop")
     return True
+
+
+def pg_ctl(pgdata: Path, *args: str) -> None:
+    """pg_ctl on an embedded server's data directory, through pgserver's own wrapper, as the
+    OS user pgserver runs the server as (pgserver, when we are root)."""
+    _pgserver()
+    from pgserver._commands import pg_ctl as run
+
+    run(list(args), pgdata=pgdata, user="pgserver" if os.geteuid() == 0 else None)

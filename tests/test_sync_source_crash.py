@@ -15,7 +15,6 @@ reconnects and the target ends equal to the source.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import threading
@@ -33,6 +32,7 @@ from psycopg.rows import dict_row
 from pyglue import capture, embedded, migrate
 from pyglue.sync import engine, mappings, targets
 from tests import factories as f
+from tests.syncing import source_users
 from tests.test_sync_worker import finish, wait_for, worker_process
 
 ATTEMPTS = 4  # a crash loses the round's tail unless the WAL writer wrote it first (it rarely does)
@@ -48,14 +48,10 @@ class CrashableSource:
     def crash(self) -> None:
         """Immediate stop (as a crash leaves the data directory), then a start that recovers,
         with the options pgserver starts the server with (no TCP, the socket in its place)."""
-        embedded._pgserver()
-        from pgserver._commands import pg_ctl  # pgserver's own wrapper, as pyglue.embedded.stop uses it
-
-        pgdata, user = embedded.data_dir(self.home), "pgserver" if os.geteuid() == 0 else None
-        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=pgdata, user=user)
+        pgdata = embedded.data_dir(self.home)
+        embedded.pg_ctl(pgdata, "-w", "-m", "immediate", "stop")
         socket_dir = conninfo_to_dict(self.dsn)["host"]
-        pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(pgdata / "log"), "start"],
-               pgdata=pgdata, user=user)
+        embedded.pg_ctl(pgdata, "-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(pgdata / "log"), "start")
 
     def connect(self) -> psycopg.Connection:
         return psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row)
@@ -254,5 +250,5 @@ def users_of(target_dsn: str) -> set[tuple]:
 
 
 def users_of_source(source: CrashableSource, tenancy: uuid.UUID) -> set[tuple]:
-    with psycopg.connect(source.dsn) as c:
-        return set(c.execute("select id, display_name from app.users where tenancy_id = %s", (tenancy,)).fetchall())
+    with source.connect() as c:
+        return source_users(c, tenancy)
