@@ -41,6 +41,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -316,26 +317,48 @@ def poll_target(target_dsn: str, board: MarkerBoard, stop: threading.Event,
 
 def write_changes(source_dsn: str, user_ids: list[uuid.UUID], board: MarkerBoard, seconds: float,
                   first_marker: int, batch_changes: int = BATCH_CHANGES,
-                  every_s: float = BATCH_EVERY_S, column: str = "display_name") -> tuple[int, float]:
-    """Batches of batch_changes markers written into column every every_s, each batch one
-    commit; (changes, seconds)."""
-    changes, n = 0, first_marker
-    with db.connect(source_dsn, autocommit=True, application_name="pyglue bench writer") as conn:
-        start = time.perf_counter()
-        batch = 0
-        while time.perf_counter() - start < seconds and changes + batch_changes <= len(user_ids):
-            ids = user_ids[changes:changes + batch_changes]
-            markers = [f"lat-{n + i}" for i in range(len(ids))]
-            board.expect(ids, markers)
-            written = run(conn, "mark_users", {"ids": ids, "markers": markers, "tenancy_id": TENANCY},
-                          column=column).fetchone()
-            board.commit(markers, written["at"])
-            changes, n, batch = changes + len(ids), n + len(ids), batch + 1
-            # keep the schedule (batch k at start + k * interval) without bursting to catch up
-            delay = start + batch * every_s - time.perf_counter()
+                  every_s: float = BATCH_EVERY_S, column: str = "display_name", connections: int = 1) -> tuple[int, float]:
+    """Batches of batch_changes markers written into column, batch k due at start + k * every_s,
+    each batch one commit; (changes, seconds). With several connections, each writes the next
+    due batch as soon as its last one is done, as an application's connection pool would: one
+    slow commit does not hold up the schedule, and a writer that falls behind catches up
+    without more than one batch in flight per connection."""
+    lock, taken, written = threading.Lock(), [0], [0]
+    start = time.perf_counter()
+
+    def next_batch() -> int | None:
+        with lock:
+            k = taken[0]
+            if (k and time.perf_counter() - start >= seconds) or (k + 1) * batch_changes > len(user_ids):
+                return None  # the first batch is always written (a warm-up is one batch)
+            taken[0] += 1
+            return k
+
+    def write(conn: psycopg.Connection) -> None:
+        while (k := next_batch()) is not None:
+            delay = start + k * every_s - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-        return changes, time.perf_counter() - start
+            ids = user_ids[k * batch_changes:(k + 1) * batch_changes]
+            markers = [f"lat-{first_marker + k * batch_changes + i}" for i in range(len(ids))]
+            board.expect(ids, markers)
+            done = run(conn, "mark_users", {"ids": ids, "markers": markers, "tenancy_id": TENANCY},
+                       column=column).fetchone()
+            board.commit(markers, done["at"])
+            with lock:
+                written[0] += len(ids)
+
+    conns = [db.connect(source_dsn, autocommit=True, application_name="pyglue bench writer")
+             for _ in range(connections)]
+    try:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(connections, thread_name_prefix="bench-writer") as pool:
+            for future in [pool.submit(write, conn) for conn in conns]:
+                future.result()
+        return written[0], time.perf_counter() - start
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 def wait_until(predicate, timeout_s: float, step_s: float = 0.01) -> bool:
