@@ -12,6 +12,7 @@ select p.oid::regprocedure::text as signature, n.nspname || '.' || p.proname as 
        pg_get_functiondef(p.oid) as definition
 from pg_proc p join pg_namespace n on n.oid = p.pronamespace
 where n.nspname in ('pyglue', 'app', 'billing')
+  and p.proname not like '\\_tg\\_log\\_change\\_%'  -- made by pyglue.track_table for each tracked table
 order by 1
 """
 TRIGGERS = """

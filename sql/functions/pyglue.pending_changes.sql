@@ -1,5 +1,7 @@
 -- pyglue.pending_changes(): rows waiting for the sequencer, per tracked table and for
--- tombstones ('pyglue.deleted_rows'). Counts rows through the partial flagged indexes.
+-- tombstones ('pyglue.deleted_rows'). A table's flagged rows are counted through their
+-- entries in pyglue.changed_rows (a row changed twice before a pass has two), not by
+-- scanning the table.
 -- Returns: (table_name, pending) for every tracked table, zeros included.
 create or replace function pyglue.pending_changes()
 returns table (table_name text, pending bigint)
@@ -18,7 +20,11 @@ begin
         order by t.table_name::text
     loop
         table_name := v_table::text;
-        execute format('select count(*) from %s where should_update_sequence_id', v_table) into pending;
+        execute format(
+            'select count(*) from (select distinct l.primary_key from pyglue.changed_rows l join %s r on %s'
+            ' where l.table_name = $1 and r.should_update_sequence_id) x',
+            v_table, pyglue._key_match(v_table, 'r', 'l'))
+        into pending using v_table;
         return next;
     end loop;
 end;

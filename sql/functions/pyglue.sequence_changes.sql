@@ -9,7 +9,13 @@
 --
 -- One snapshot decides what a pass stamps. The pass first lists its candidates, the
 -- flagged tombstones and the flagged row versions of every tracked table, in ONE
--- statement, and then stamps only those versions (same ctid and xmin). A tombstone is
+-- statement, and then stamps only those versions (same ctid and xmin). A table's flagged
+-- rows are found through its entries in pyglue.changed_rows, oldest first (since 0025;
+-- track_table's log triggers write them in the transaction that flags the row, so an
+-- entry is visible exactly when its row version is), not through an index on the flag.
+-- Each entry's row is looked up by primary key, in the listing through a lateral subquery
+-- with LIMIT 1 and in the delete below through a scalar subquery: neither can be planned as
+-- a join that reads the whole table, whatever the statistics say about the log. A tombstone is
 -- committed no later than the re-creation of its key, so whenever a re-created row is a
 -- candidate its tombstone is one too and gets the lower id; a row version committed after
 -- that snapshot (a re-insert, or an update that changed the key back) waits for the next
@@ -23,6 +29,9 @@
 -- flagged rows was planned as a nested loop of both (5,000 x 5,000 in 4 s; before 0023).
 -- The flag needs no second look: the version with that ctid and xmin is the one listed,
 -- and a flag only changes with a new version.
+-- After a table is stamped, the pass deletes the entries it listed whose row is no longer
+-- flagged (stamped, deleted, or its key changed); an entry of a row skipped because it was
+-- locked stays for the next pass, and a row flagged again later has an entry of its own.
 -- Candidates are listed without locks, so a row locked by an open transaction is skipped
 -- in the stamping step, not replaced by another: if a whole batch of one table's
 -- candidates is locked (a long transaction updating that many flagged rows), that table
@@ -43,7 +52,8 @@
 -- Errors: 22023 batch size below 1; 25001 not READ COMMITTED (a snapshot taken before
 -- the lock would hide the previous pass).
 -- Locks: the pyglue.sequencer_lock row (FOR UPDATE); FOR NO KEY UPDATE row locks on
--- stamped rows (so it does not skip rows whose children are being inserted).
+-- stamped rows (so it does not skip rows whose children are being inserted); row locks on
+-- the deleted entries of pyglue.changed_rows.
 create or replace function pyglue.sequence_changes(p_batch_size integer default 1000)
 returns bigint
 language plpgsql
@@ -56,6 +66,7 @@ declare
     v_kind integer[];
     v_ctid tid[];
     v_xmin xid[];
+    v_entry bigint[];
     v_tombstones integer;
     v_i integer;
     v_count bigint;
@@ -81,17 +92,22 @@ begin
     into v_tables, v_tenancy_columns
     from pyglue.tracked_tables t join pg_class c on c.oid = t.table_name;
 
-    -- the candidates, in one statement: kind 0 = tombstones, i = the i-th tracked table
-    select string_agg(format('(select %s as kind, f.ctid, f.xmin from %s f where f.should_update_sequence_id limit $1)',
-                             i, v_tables[i]), ' union all ')
+    -- the candidates, in one statement: kind 0 = tombstones, i = the i-th tracked table,
+    -- whose log entries come with the row version they name (none: the row is gone or
+    -- no longer flagged, and the entry is only deleted)
+    select string_agg(format(
+        '(select %s as kind, f.ctid, f.xmin, l.id as entry from pyglue.changed_rows l'
+        '  left join lateral (select f.ctid, f.xmin from %s f where %s and f.should_update_sequence_id limit 1) f on true'
+        '  where l.table_name = %L::regclass order by l.id limit $1)',
+        i, v_tables[i], pyglue._key_match(v_tables[i], 'f', 'l'), v_tables[i]), ' union all ')
     into v_candidates
     from generate_subscripts(v_tables, 1) as i;
     execute 'select coalesce(array_agg(c.kind), ''{}''), coalesce(array_agg(c.ctid), ''{}''),'
-            '       coalesce(array_agg(c.xmin), ''{}'') from ('
-            '(select 0 as kind, d.ctid, d.xmin from pyglue.deleted_rows d'
+            '       coalesce(array_agg(c.xmin), ''{}''), coalesce(array_agg(c.entry), ''{}'') from ('
+            '(select 0 as kind, d.ctid, d.xmin, null::bigint as entry from pyglue.deleted_rows d'
             '  where d.should_update_sequence_id order by d.id limit $1)'
             || coalesce(' union all ' || v_candidates, '') || ') c'
-    into v_kind, v_ctid, v_xmin
+    into v_kind, v_ctid, v_xmin, v_entry
     using p_batch_size;
 
     -- tombstones, in the order they were written
@@ -136,6 +152,15 @@ begin
             using v_kind, v_ctid, v_xmin, v_i;
             v_total := v_total + v_count;
             v_all_tenancies := v_all_tenancies || v_tenancies;
+            -- the listed entries whose row is not flagged any more (a new statement: it
+            -- sees the stamps above and every commit since the candidates' snapshot)
+            execute format(
+                'delete from pyglue.changed_rows l'
+                ' where l.table_name = $4'
+                '   and l.id = any (array(select c.entry from unnest($1, $2) as c(kind, entry) where c.kind = $3))'
+                '   and not coalesce((select bool_or(f.should_update_sequence_id) from %s f where %s), false)',
+                v_tables[v_i], pyglue._key_match(v_tables[v_i], 'f', 'l'))
+            using v_kind, v_entry, v_i, v_tables[v_i];
         end loop;
     end if;
 

@@ -3,8 +3,8 @@
 -- synced yet; a mapping used once with --mappings-dir does not stay in everyone's status).
 --
 -- pending_rows counts rows, not id differences: rows of the mapping's source table and
--- its tombstones that are past the target's cursor or not yet sequenced (index scans on
--- (tenancy, sequence_id) and the flagged partial index). Queue columns describe the
+-- its tombstones that are past the target's cursor or not yet sequenced (an index scan on
+-- (tenancy, sequence_id), and the flagged rows' entries in pyglue.changed_rows). Queue columns describe the
 -- tenancy's requests: queue_depth (pending + claimed), dead_requests, and the age of the
 -- oldest pending one. failing: the target's last sync failed (last_error and
 -- last_error_at stay as history after a success). oldest_unapplied_age: how long ago the
@@ -46,10 +46,10 @@ begin
           and (c.target_id is not null or not exists (select 1 from pyglue.sync_cursors c2 where c2.target_id = t.id))
         order by t.tenancy_id, t.name, m.name
     loop
-        execute format(
-            'select count(*) from %s where %I = $1 and (sequence_id > $2 or should_update_sequence_id)',
-            v_row.source_table, v_row.tenancy_column)
+        execute format('select count(*) from %s where %I = $1 and sequence_id > $2',
+                       v_row.source_table, v_row.tenancy_column)
         into v_live using v_row.tenancy_id, v_row.cursor;
+        v_live := v_live + pyglue._unsequenced_rows(v_row.source_table::regclass, v_row.tenancy_id, v_row.cursor);
         select count(*) into v_dead from pyglue.deleted_rows d
         where d.tenancy_id = v_row.tenancy_id and d.table_name = v_row.source_table
           and (d.sequence_id > v_row.cursor or d.should_update_sequence_id);

@@ -35,11 +35,11 @@ begin
             select t.table_name, t.tenancy_column from pyglue.tracked_tables t
             where v_hook.tables is null or t.table_name::text = any (v_hook.tables)
         loop
-            execute format('select count(*), min(sequence_id) filter (where sequence_id > $2) from %s'
-                           ' where %I = $1 and (sequence_id > $2 or should_update_sequence_id)',
+            execute format('select count(*), min(sequence_id) from %s where %I = $1 and sequence_id > $2',
                            v_table.table_name, v_table.tenancy_column)
             into v_count, v_min using v_hook.tenancy_id, v_hook.last_delivered_sequence_id;
-            v_pending := v_pending + v_count;
+            v_pending := v_pending + v_count
+                + pyglue._unsequenced_rows(v_table.table_name, v_hook.tenancy_id, v_hook.last_delivered_sequence_id);
             v_oldest := least(v_oldest, v_min);
             select count(*), min(d.sequence_id) filter (where d.sequence_id > v_hook.last_delivered_sequence_id)
             into v_count, v_min
