@@ -361,6 +361,7 @@ as $$
 declare
     v_tables regclass[];
     v_tenancy_columns name[];
+    v_matches text[];
     v_candidates text;
     v_kind integer[];
     v_ctid tid[];
@@ -387,8 +388,9 @@ begin
     perform 1 from pyglue.sequencer_lock l for update;
 
     select coalesce(array_agg(t.table_name order by t.table_name::text), '{}'),
-           coalesce(array_agg(t.tenancy_column order by t.table_name::text), '{}')
-    into v_tables, v_tenancy_columns
+           coalesce(array_agg(t.tenancy_column order by t.table_name::text), '{}'),
+           coalesce(array_agg(pyglue._key_match(t.table_name, 'f', 'l') order by t.table_name::text), '{}')
+    into v_tables, v_tenancy_columns, v_matches
     from pyglue.tracked_tables t join pg_class c on c.oid = t.table_name;
 
     -- the candidates, in one statement: kind 0 = tombstones, i = the i-th tracked table,
@@ -398,7 +400,7 @@ begin
         '(select %s as kind, f.ctid, f.xmin, l.id as entry from pyglue.changed_rows l'
         '  left join lateral (select f.ctid, f.xmin from %s f where %s and f.should_update_sequence_id limit 1) f on true'
         '  where l.table_name = %L::regclass order by l.id limit $1)',
-        i, v_tables[i], pyglue._key_match(v_tables[i], 'f', 'l'), v_tables[i]), ' union all ')
+        i, v_tables[i], v_matches[i], v_tables[i]), ' union all ')
     into v_candidates
     from generate_subscripts(v_tables, 1) as i;
     execute 'select coalesce(array_agg(c.kind), ''{}''), coalesce(array_agg(c.ctid), ''{}''),'
@@ -458,7 +460,7 @@ begin
                 ' where l.table_name = $4'
                 '   and l.id = any (array(select c.entry from unnest($1, $2) as c(kind, entry) where c.kind = $3))'
                 '   and not coalesce((select bool_or(f.should_update_sequence_id) from %s f where %s), false)',
-                v_tables[v_i], pyglue._key_match(v_tables[v_i], 'f', 'l'))
+                v_tables[v_i], v_matches[v_i])
             using v_kind, v_entry, v_i, v_tables[v_i];
         end loop;
     end if;
