@@ -12,7 +12,7 @@
 -- flagged row they wrote (a function of this table's own, pyglue._tg_log_change_<table>_<hash>,
 -- whose INSERT is static SQL and so planned once per session). An index on the flag made
 -- every application update of a synced row a non-HOT update, since the flag flips:
--- 41 us instead of 14 per row for 100-row avatar updates on 1,000,000 users (#13); the
+-- 36-49 us instead of 14-19 per row for 100-row avatar updates on 1,000,000 users (#13); the
 -- log costs about 3 us. Rows already flagged when the table is first tracked (all of
 -- them) are logged here; the flagged partial index of tables tracked before 0025 is
 -- dropped.

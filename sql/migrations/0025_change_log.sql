@@ -2,7 +2,7 @@
 -- statement triggers of each tracked table append to, instead of through a partial index
 -- on the flag (#13). With that index every application update of a synced row was a
 -- non-HOT update (the flag, an indexed column, flips), so each one wrote an entry into
--- every index of the table: 41 us instead of 14 per row for 100-row avatar updates on
+-- every index of the table: 36-49 us instead of 14-19 per row for 100-row avatar updates on
 -- 1,000,000 users, Debian PG 15; the log costs about 3 us a row. Every tracked table is
 -- tracked again: its log triggers and log function are made, its flagged rows logged,
 -- its flagged index dropped.
@@ -86,7 +86,7 @@ comment on function pyglue._unsequenced_rows(regclass, uuid, bigint) is
 -- flagged row they wrote (a function of this table's own, pyglue._tg_log_change_<table>_<hash>,
 -- whose INSERT is static SQL and so planned once per session). An index on the flag made
 -- every application update of a synced row a non-HOT update, since the flag flips:
--- 41 us instead of 14 per row for 100-row avatar updates on 1,000,000 users (#13); the
+-- 36-49 us instead of 14-19 per row for 100-row avatar updates on 1,000,000 users (#13); the
 -- log costs about 3 us. Rows already flagged when the table is first tracked (all of
 -- them) are logged here; the flagged partial index of tables tracked before 0025 is
 -- dropped.
