@@ -324,7 +324,6 @@ def write_changes(source_dsn: str, user_ids: list[uuid.UUID], board: MarkerBoard
     slow commit does not hold up the schedule, and a writer that falls behind catches up
     without more than one batch in flight per connection."""
     lock, taken, written = threading.Lock(), [0], [0]
-    start = time.perf_counter()
 
     def next_batch() -> int | None:
         with lock:

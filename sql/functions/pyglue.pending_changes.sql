@@ -1,7 +1,6 @@
 -- pyglue.pending_changes(): rows waiting for the sequencer, per tracked table and for
 -- tombstones ('pyglue.deleted_rows'). A table's flagged rows are counted through their
--- entries in pyglue.changed_rows (a row changed twice before a pass has two), not by
--- scanning the table.
+-- entries in pyglue.changed_rows (pyglue._unsequenced_rows), not by scanning the table.
 -- Returns: (table_name, pending) for every tracked table, zeros included.
 create or replace function pyglue.pending_changes()
 returns table (table_name text, pending bigint)
@@ -20,11 +19,7 @@ begin
         order by t.table_name::text
     loop
         table_name := v_table::text;
-        execute format(
-            'select count(*) from (select distinct l.primary_key from pyglue.changed_rows l join %s r on %s'
-            ' where l.table_name = $1 and r.should_update_sequence_id) x',
-            v_table, pyglue._key_match(v_table, 'r', 'l'))
-        into pending using v_table;
+        pending := pyglue._unsequenced_rows(v_table, null, null);
         return next;
     end loop;
 end;

@@ -44,11 +44,12 @@ comment on function pyglue._key_match(regclass, text, text) is
     'Join condition of a tracked table''s rows to their pyglue.changed_rows entries, by primary key.';
 
 -- copied from sql/functions/pyglue._unsequenced_rows.sql
--- pyglue._unsequenced_rows(p_table, p_tenancy_id, p_after): rows of a tracked table in one
--- tenancy that wait for the sequencer (flagged) and whose last stamp, if any, is not past
--- p_after: what a reader at cursor p_after will receive besides the rows with
--- sequence_id > p_after. Counted through pyglue.changed_rows (the flagged rows' entries,
--- a row changed twice has two), not by scanning the table.
+-- pyglue._unsequenced_rows(p_table, p_tenancy_id, p_after): rows of a tracked table that
+-- wait for the sequencer (flagged), in one tenancy (all when p_tenancy_id is null), whose
+-- last stamp, if any, is not past p_after (any stamp when p_after is null): what a reader
+-- at cursor p_after will receive besides the rows with sequence_id > p_after. Counted
+-- through pyglue.changed_rows (the flagged rows' entries, a row changed twice has two),
+-- not by scanning the table.
 create or replace function pyglue._unsequenced_rows(p_table regclass, p_tenancy_id uuid, p_after bigint)
 returns bigint
 language plpgsql
@@ -60,8 +61,8 @@ declare
 begin
     execute format(
         'select count(*) from (select distinct l.primary_key from pyglue.changed_rows l join %s r on %s'
-        ' where l.table_name = $1 and l.tenancy_id = $2 and r.should_update_sequence_id'
-        '   and coalesce(r.sequence_id, 0) <= $3) x',
+        ' where l.table_name = $1 and ($2 is null or l.tenancy_id = $2) and r.should_update_sequence_id'
+        '   and ($3 is null or coalesce(r.sequence_id, 0) <= $3)) x',
         p_table, pyglue._key_match(p_table, 'r', 'l'))
     into v_count using p_table, p_tenancy_id, p_after;
     return v_count;
@@ -69,7 +70,7 @@ end;
 $$;
 
 comment on function pyglue._unsequenced_rows(regclass, uuid, bigint) is
-    'Rows of a tracked table in a tenancy flagged for the sequencer and not stamped past a cursor.';
+    'Rows of a tracked table (in a tenancy) flagged for the sequencer and not stamped past a cursor.';
 
 -- copied from sql/functions/pyglue.track_table.sql
 -- pyglue.track_table(p_table, p_tenancy_column): make a table syncable.
@@ -487,8 +488,7 @@ comment on function pyglue.sequence_changes(integer) is
 -- copied from sql/functions/pyglue.pending_changes.sql
 -- pyglue.pending_changes(): rows waiting for the sequencer, per tracked table and for
 -- tombstones ('pyglue.deleted_rows'). A table's flagged rows are counted through their
--- entries in pyglue.changed_rows (a row changed twice before a pass has two), not by
--- scanning the table.
+-- entries in pyglue.changed_rows (pyglue._unsequenced_rows), not by scanning the table.
 -- Returns: (table_name, pending) for every tracked table, zeros included.
 create or replace function pyglue.pending_changes()
 returns table (table_name text, pending bigint)
@@ -507,11 +507,7 @@ begin
         order by t.table_name::text
     loop
         table_name := v_table::text;
-        execute format(
-            'select count(*) from (select distinct l.primary_key from pyglue.changed_rows l join %s r on %s'
-            ' where l.table_name = $1 and r.should_update_sequence_id) x',
-            v_table, pyglue._key_match(v_table, 'r', 'l'))
-        into pending using v_table;
+        pending := pyglue._unsequenced_rows(v_table, null, null);
         return next;
     end loop;
 end;
