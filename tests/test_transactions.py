@@ -143,9 +143,3 @@ def test_transactions_cli_prints_lines_json_and_csv(fresh_db, connect):
     bad = CliRunner().invoke(cli, [*args, "--json", "--csv"])
     assert bad.exit_code == 2 and "--json and --csv exclude each other" in bad.output
 
-
-def test_the_function_turns_jit_off_for_itself(conn):
-    """On a server with JIT on (Debian's packages) its query's cost estimate made every call
-    compile: 1-2 s a page, 200 s for the walk above on Debian PG 15 (3 s with JIT off)."""
-    config = conn.execute("select proconfig from pg_proc where oid = 'billing.transactions'::regproc").fetchone()
-    assert "jit=off" in config["proconfig"]

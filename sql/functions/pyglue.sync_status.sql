@@ -20,6 +20,9 @@ returns table (
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
+-- a status poll gains nothing from JIT, and a server with it on (Debian's packages)
+-- compiled its queries whenever the estimates crossed jit_above_cost: 6-30 ms a call
+set jit = off
 as $$
 declare
     v_row record;
