@@ -36,7 +36,9 @@
 -- a log of short-lived entries otherwise got it a Seq Scan + Sort of the whole heap. On
 -- Debian PG 15 with 600k dead entries, a pass of 500 rows took 38-55 ms that way and 21-30
 -- ms by the key (since 0027). Every other statement of a pass goes by primary key, ctid or
--- the partial flagged index of the tombstones anyway. JIT is off too: with seq scans off,
+-- the partial flagged index of the tombstones anyway, and so do the tracked tables' triggers
+-- that the stamps fire (they read transition tables and look rows up by key; the settings
+-- apply to them too, and a plan cached there keeps them). JIT is off too: with seq scans off,
 -- the cost of reading the one-row fusebox and lock tables crosses jit_above_cost, and a
 -- server with JIT on compiled those statements (85 ms a pass).
 -- After a table is stamped, the pass deletes the entries it listed whose row is no longer
