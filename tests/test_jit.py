@@ -19,4 +19,3 @@ def test_the_function_turns_jit_off_for_itself(conn, function):
                            (function,)).fetchall()
     assert len(configs) == 1, f"{function}: {len(configs)} functions of that name"
     assert "jit=off" in configs[0]["proconfig"]
-
