@@ -10,7 +10,9 @@
 -- (FOR NO KEY UPDATE, key order) and the state rows (FOR UPDATE) before reading, so two
 -- transactions refreshing one user serialize and the second one reads what the first
 -- committed; inserted users are invisible to others and need no lock.
--- Keys of tenancies that no longer exist (a tenancy being deleted) are skipped.
+-- Keys of tenancies that no longer exist (a tenancy being deleted) are skipped. A batch of
+-- 1,000 users or more first has stale statistics of the tables it reads refreshed
+-- (app._analyze_if_stale), as app._refresh_user_search does.
 -- Returns nothing; raises nothing of its own.
 create or replace function app._refresh_user_metrics(p_tenancy_ids uuid[], p_user_ids uuid[],
                                                      p_recompute_activity boolean, p_lock boolean)
@@ -20,6 +22,9 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform app._analyze_if_stale(cardinality(p_user_ids),
+                                  '{app.users, app.metrics_user_state, app.contact_channels, app.auth_methods,
+                                    app.events, app.metrics_active_days, app.metrics_counters}');
     if p_lock then
         perform 1 from app.users u
         where (u.tenancy_id, u.id) in (select k.t, k.u from unnest(p_tenancy_ids, p_user_ids) as k(t, u))

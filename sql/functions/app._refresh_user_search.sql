@@ -6,6 +6,9 @@
 -- by the next statements, which in READ COMMITTED see every change committed before the lock
 -- was granted, so the last writer to commit never leaves a haystack that misses the
 -- other's channel. STRICT: nothing to do for null arrays.
+-- A batch of 1,000 users or more first has the statistics of the tables it reads refreshed
+-- if they predate it (app._analyze_if_stale): a bulk load into tables analyzed while empty
+-- would otherwise plan every lookup below as a walk of the whole tenancy.
 create or replace function app._refresh_user_search(p_tenancy_ids uuid[], p_user_ids uuid[])
 returns void
 language plpgsql
@@ -14,6 +17,8 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform app._analyze_if_stale(cardinality(p_user_ids), '{app.users, app.contact_channels, app.user_search}');
+
     perform 1
     from app.user_search s
     where (s.tenancy_id, s.user_id) in (select k.t, k.u from unnest(p_tenancy_ids, p_user_ids) as k(t, u))
