@@ -317,9 +317,10 @@ def poll_target(target_dsn: str, board: MarkerBoard, stop: threading.Event,
 
 def write_changes(source_dsn: str, user_ids: list[uuid.UUID], board: MarkerBoard, seconds: float,
                   first_marker: int, batch_changes: int = BATCH_CHANGES,
-                  every_s: float = BATCH_EVERY_S, column: str = "display_name", connections: int = 1) -> tuple[int, float]:
-    """Batches of batch_changes markers written into column, batch k due at start + k * every_s,
-    each batch one commit; (changes, seconds). With several connections, each writes the next
+                  every_s: float = BATCH_EVERY_S, column: str = "display_name", connections: int = 1,
+                  marker_prefix: str = "lat") -> tuple[int, float]:
+    """Batches of batch_changes markers ('<marker_prefix>-<n>') written into column, batch k due
+    at start + k * every_s, each batch one commit; (changes, seconds). With several connections, each writes the next
     due batch as soon as its last one is done, as an application's connection pool would: one
     slow commit does not hold up the schedule, and a writer that falls behind catches up
     without more than one batch in flight per connection."""
@@ -339,7 +340,7 @@ def write_changes(source_dsn: str, user_ids: list[uuid.UUID], board: MarkerBoard
             if delay > 0:
                 time.sleep(delay)
             ids = user_ids[k * batch_changes:(k + 1) * batch_changes]
-            markers = [f"lat-{first_marker + k * batch_changes + i}" for i in range(len(ids))]
+            markers = [f"{marker_prefix}-{first_marker + k * batch_changes + i}" for i in range(len(ids))]
             board.expect(ids, markers)
             done = run(conn, "mark_users", {"ids": ids, "markers": markers, "tenancy_id": TENANCY},
                        column=column).fetchone()

@@ -1,7 +1,7 @@
 """Tenant sync beside its peer, Postgres's built-in logical replication (issue 13).
 
     .venv/bin/python -m perf.bench_sync_peer [--users 1000000] [--server embedded|debian|both]
-        [--page-size 20000] [--churn-seconds 15] [--skip-churn]
+        [--page-size 20000] [--churn-seconds 15] [--repeats 3] [--skip-churn]
 
 On each server (the embedded one under .pyglue/bench, restarted once with the settings of
 perf/debian_cluster.py; Debian PostgreSQL 15 as the cluster that module owns), in databases
@@ -31,8 +31,11 @@ and pyglue's tenancy both leave out. Measured, one run, same rows, same server:
    (just before its commit) -> first read in the target, both on the servers' clock, p50
    and p99 of the sampled changes, for pyglue (a Worker in a process of its own, as
    `pyglue worker` runs; the subscription disabled) and for the peer (no worker), and the
-   drain: the last change's commit -> its arrival. Beside them, the rate the same writer
-   reaches with nothing replicating: the machine's own limit.
+   drain: the last change's commit -> its arrival. Each system runs --repeats times per
+   line, alternating with the other, and the line shows the run of median p99 beside every
+   run's p99 (one 15 s run here spreads 4x). Beside them, the rate the same writer reaches
+   with nothing replicating: the machine's own limit. Every run writes markers of its own
+   ('r<n>-<k>') into users drawn afresh, so no marker of an earlier run can pass for its own.
 
 Row counts of every target are checked against the source. Writes the bench_sync_peer block
 of perf/RESULTS.md.
@@ -101,6 +104,10 @@ class Churn:
     system: str
     latency: Latency
     drain_s: float
+
+    @property
+    def reached(self) -> float:
+        return self.latency.committed / self.latency.seconds
 
 
 @dataclass
@@ -212,7 +219,8 @@ def changes_per_commit(rate: int) -> int:
 
 
 def churn(source_dsn: str, target_dsn: str, table: tuple[str, str], change: Change, user_ids: list[uuid.UUID],
-          rate: int, seconds: float, worker: Callable[[], multiprocessing.Process] | None) -> tuple[Latency, float]:
+          rate: int, seconds: float, worker: Callable[[], multiprocessing.Process] | None,
+          marker_prefix: str) -> tuple[Latency, float]:
     """Writer of change at rate changes/s for seconds, poller on the target's table, and the
     worker (if any) in a process of its own, as in production: (latency, drain seconds)."""
     batch = changes_per_commit(rate)
@@ -222,13 +230,14 @@ def churn(source_dsn: str, target_dsn: str, table: tuple[str, str], change: Chan
     process = worker() if worker is not None else None
     try:
         warm, user_ids = user_ids[:batch], user_ids[batch:]
-        write_changes(source_dsn, warm, board, 0.001, first_marker=0, batch_changes=batch, column=change.column)
+        write_changes(source_dsn, warm, board, 0.001, first_marker=0, batch_changes=batch, column=change.column,
+                      marker_prefix=marker_prefix)
         if not wait_until(lambda: not board.pending(), 120):
             raise click.ClickException(f"{table}: warm-up changes not seen within 120 s")
         board.clear()
         changes, writer_s = write_changes(source_dsn, user_ids, board, seconds, first_marker=batch,
                                           batch_changes=batch, every_s=EVERY_S, column=change.column,
-                                          connections=WRITERS)
+                                          connections=WRITERS, marker_prefix=marker_prefix)
         wait_until(lambda: not board.pending(), 300)
         ended = max(board.committed.values())
         drain_s = max(board.seen.values(), default=ended) - ended
@@ -257,11 +266,12 @@ def missing_changes(target_dsn: str, table: tuple[str, str], column: str, writte
         return 0 if wait_until(lambda: count() == 0, timeout_s, step_s=0.5) else count()
 
 
-def writer_alone(source_dsn: str, change: Change, user_ids: list[uuid.UUID], rate: int, seconds: float) -> float:
+def writer_alone(source_dsn: str, change: Change, user_ids: list[uuid.UUID], marker_prefix: str, rate: int,
+                 seconds: float) -> float:
     """The machine's capacity for the writer with nothing replicating: changes/s achieved."""
     changes, writer_s = write_changes(source_dsn, user_ids, MarkerBoard(), seconds, first_marker=0,
                                       batch_changes=changes_per_commit(rate), every_s=EVERY_S, column=change.column,
-                                      connections=WRITERS)
+                                      connections=WRITERS, marker_prefix=marker_prefix)
     return changes / writer_s
 
 
@@ -282,7 +292,7 @@ def run_worker(source_dsn: str, chosen, page_size: int) -> None:
     worker.run()
 
 
-def run_server(label: str, server_dsn: str, users: int, page_size: int, churn_seconds: float,
+def run_server(label: str, server_dsn: str, users: int, page_size: int, churn_seconds: float, repeats: int,
                skip_churn: bool) -> ServerRun:
     click.echo(f"[{label}] databases, seeding {users:,} users …", err=True)
     dsns = fresh_databases(server_dsn)
@@ -319,36 +329,42 @@ def run_server(label: str, server_dsn: str, users: int, page_size: int, churn_se
 
         if not skip_churn:
             user_ids = [r["id"] for r in run(conn, "tenancy_user_ids", {"tenancy_id": TENANCY})]
-            pools = {}  # each change's users, every one changed at most once by it: no marker overwrites another
-            for change in dict.fromkeys(c for c, _ in STEADY):
-                wanted = sum(3 * (int(rate * churn_seconds) + rate) for c, rate in STEADY if c == change)
-                if wanted > len(user_ids):
-                    raise click.ClickException(f"the steady-state {change.name} touch {wanted:,} distinct users; the"
-                                               f" tenancy has {len(user_ids):,}: use more --users or fewer"
-                                               " --churn-seconds")
-                pools[change] = random.Random(f"20261202 {change.column}").sample(user_ids, wanted)
+            numbers = iter(range(1, 10_000))
             for table in TABLES:
                 run(conn, "autovacuum_on", table=table)  # the steady state runs as production does
             for change, rate in STEADY:
                 need, what = int(rate * churn_seconds) + rate, f"{change.name} at {rate:,}/s"
+                if need > len(user_ids):
+                    raise click.ClickException(f"a steady-state run of {what} touches {need:,} distinct users; the"
+                                               f" tenancy has {len(user_ids):,}: use more --users or fewer"
+                                               " --churn-seconds")
+
+                def draw() -> tuple[list[uuid.UUID], str]:
+                    """The next run's users (distinct within it, drawn afresh) and marker prefix."""
+                    n = next(numbers)
+                    return random.Random(f"20261204 {n}").sample(user_ids, need), f"r{n}"
+
                 logical_replication.set_enabled(dsns["peer"], PEER, False)
                 click.echo(f"[{label}] 4/4 steady state, {what}: the writer alone …", err=True)
-                ids, pools[change] = pools[change][:need], pools[change][need:]
                 settle(conn)
-                out.alone[change, rate] = writer_alone(dsns["source"], change, ids, rate, churn_seconds)
+                out.alone[change, rate] = writer_alone(dsns["source"], change, *draw(), rate, churn_seconds)
                 capture.sequence_until_idle(conn)  # its changes are not part of what follows
-                for system in ("pyglue", "logical replication"):
-                    ids, pools[change] = pools[change][:need], pools[change][need:]
-                    settle(conn)  # each run from the same state: the dead rows of the one before vacuumed
-                    click.echo(f"[{label}] 4/4 steady state, {what}: {system} …", err=True)
-                    if system == "pyglue":
-                        latency, drain = churn(dsns["source"], dsns["initial"], ("public", "users"), change, ids,
-                                               rate, churn_seconds, worker_process(dsns["source"], chosen, page_size))
-                    else:
-                        logical_replication.set_enabled(dsns["peer"], PEER, True)
-                        latency, drain = churn(dsns["source"], dsns["peer"], ("app", "users"), change, ids, rate,
-                                               churn_seconds, None)
-                    out.churn.append(Churn(change, rate, system, latency, drain))
+                for repeat in range(1, repeats + 1):
+                    for system in ("pyglue", "logical replication"):
+                        ids, prefix = draw()
+                        settle(conn)  # each run from the same state: the dead rows of the one before vacuumed
+                        click.echo(f"[{label}] 4/4 steady state, {what}: {system}, run {repeat} of {repeats} …",
+                                   err=True)
+                        if system == "pyglue":
+                            logical_replication.set_enabled(dsns["peer"], PEER, False)
+                            latency, drain = churn(dsns["source"], dsns["initial"], ("public", "users"), change, ids,
+                                                   rate, churn_seconds,
+                                                   worker_process(dsns["source"], chosen, page_size), prefix)
+                        else:
+                            logical_replication.set_enabled(dsns["peer"], PEER, True)
+                            latency, drain = churn(dsns["source"], dsns["peer"], ("app", "users"), change, ids, rate,
+                                                   churn_seconds, None, prefix)
+                        out.churn.append(Churn(change, rate, system, latency, drain))
         logical_replication.drop(dsns["source"], dsns["peer"], PEER)
     return out
 
@@ -374,18 +390,25 @@ def server_block(r: ServerRun) -> list[str]:
              f" {r.e2e_idle_s:.2f} s | | | no goal | |",
              ""]
     if r.churn:
-        lines += ["| steady state | achieved | p50 | p99 | max | drain after the writer stops | p99 goal |",
-                  "|---|--:|--:|--:|--:|--:|---|"]
+        lines += ["| steady state (the run of median p99) | achieved | p50 | p99 | p99 of each run | max |"
+                  " drain after the writer stops | p99 goal |",
+                  "|---|--:|--:|--:|--:|--:|--:|---|"]
         for (change, rate), reached in r.alone.items():
             lines.append(f"| the writer alone (nothing replicating), {change.name}, {rate:,}/s asked |"
-                         f" {reached:,.0f}/s | | | | | |")
-        for c in r.churn:
-            s, reached = c.latency.summary, c.latency.committed / c.latency.seconds
+                         f" {reached:,.0f}/s | | | | | | |")
+        for key in dict.fromkeys((c.change, c.rate, c.system) for c in r.churn):
+            runs = sorted((c for c in r.churn if (c.change, c.rate, c.system) == key),
+                          key=lambda c: c.latency.summary["p99"])
+            c = runs[(len(runs) - 1) // 2]  # the median run (the lower one of an even count)
+            s = c.latency.summary
             goal = "" if c.system != "pyglue" else (
                 f"<= {P99_GOAL_MS:g} ms: {'met' if s['p99'] <= P99_GOAL_MS else 'NOT met'}"
-                + (f" at the {reached:,.0f}/s reached, not the {c.rate:,}/s asked" if reached < 0.95 * c.rate else ""))
-            lines.append(f"| {c.system}, {c.change.name}, {c.rate:,}/s asked | {reached:,.0f}/s |"
-                         f" {s['p50']:,.0f} ms | {s['p99']:,.0f} ms | {s['max']:,.0f} ms | {c.drain_s:.2f} s | {goal} |")
+                + (f" at the {c.reached:,.0f}/s reached, not the {c.rate:,}/s asked" if c.reached < 0.95 * c.rate
+                   else ""))
+            each = ", ".join(f"{x.latency.summary['p99']:,.0f}" for x in runs)
+            lines.append(f"| {c.system}, {c.change.name}, {c.rate:,}/s asked | {c.reached:,.0f}/s |"
+                         f" {s['p50']:,.0f} ms | {s['p99']:,.0f} ms | {each} ms | {s['max']:,.0f} ms |"
+                         f" {c.drain_s:.2f} s | {goal} |")
         lines.append("")
     return lines
 
@@ -395,17 +418,20 @@ def server_block(r: ServerRun) -> list[str]:
 @click.option("--server", type=click.Choice(["embedded", "debian", "both"]), default="both", show_default=True)
 @click.option("--page-size", default=20_000, show_default=True, help="pyglue's page size.")
 @click.option("--churn-seconds", default=15.0, show_default=True, help="How long each steady-state writer runs.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Steady-state runs of each system per line (the run of median p99 is reported).")
 @click.option("--skip-churn", is_flag=True, help="Only the initial copies.")
-def main(users: int, server: str, page_size: int, churn_seconds: float, skip_churn: bool) -> None:
+def main(users: int, server: str, page_size: int, churn_seconds: float, repeats: int, skip_churn: bool) -> None:
     """pyglue's tenant sync beside logical replication: initial copy, end to end, steady state."""
     runs = []
     command = (f"`.venv/bin/python -m perf.bench_sync_peer --users {users} --server {server} --page-size {page_size}"
-               + (" --skip-churn`" if skip_churn else f" --churn-seconds {churn_seconds:g}`"))
+               + (" --skip-churn`" if skip_churn else f" --churn-seconds {churn_seconds:g} --repeats {repeats}`"))
     if server in ("embedded", "both"):
-        runs.append(run_server("embedded", embedded_server(), users, page_size, churn_seconds, skip_churn))
+        runs.append(run_server("embedded", embedded_server(), users, page_size, churn_seconds, repeats, skip_churn))
         write_results(runs, command)  # kept even if the next server fails
     if server in ("debian", "both"):
-        runs.append(run_server("Debian", debian_cluster.ensure(), users, page_size, churn_seconds, skip_churn))
+        runs.append(run_server("Debian", debian_cluster.ensure(), users, page_size, churn_seconds, repeats,
+                               skip_churn))
         write_results(runs, command)
 
 
@@ -422,8 +448,9 @@ def write_results(runs: list[ServerRun], command: str) -> None:
               " until both tables are ready) beside pyglue's. The end-to-end lines start from rows that were"
               " inserted and never sequenced: a worker's first sync loads each mapping from a snapshot (no stamp"
               " needed) while its sequencer stamps both tenancies' backlog, whose pages then change nothing."
-              " The initial-sync line runs `pyglue sync` on rows already stamped. Steady state: markers written"
-              " into distinct users in batches due every 10 ms over two writer connections, as renames (display_name, which the app's trigger"
+              " The initial-sync line runs `pyglue sync` on rows already stamped. Steady state: each system runs"
+              " --repeats times per line, alternating with the other; a line shows its run of median p99 and"
+              " every run's p99. Markers written into distinct users in batches due every 10 ms over two writer connections, as renames (display_name, which the app's trigger"
               " also copies into each user's search row, app.user_search) and as avatar changes"
               " (profile_image_url, no search row); latency from the writer's statement done (just before its"
               " commit) to the poller's read of the row in the target, both on the servers' clock.", END]
