@@ -320,10 +320,10 @@ def write_changes(source_dsn: str, user_ids: list[uuid.UUID], board: MarkerBoard
                   every_s: float = BATCH_EVERY_S, column: str = "display_name", connections: int = 1,
                   marker_prefix: str = "lat") -> tuple[int, float]:
     """Batches of batch_changes markers ('<marker_prefix>-<n>') written into column, batch k due
-    at start + k * every_s, each batch one commit; (changes, seconds). With several connections, each writes the next
-    due batch as soon as its last one is done, as an application's connection pool would: one
-    slow commit does not hold up the schedule, and a writer that falls behind catches up
-    without more than one batch in flight per connection."""
+    at start + k * every_s, each batch one commit; (changes, seconds). With several
+    connections, each writes the next due batch as soon as its last one is done, as an
+    application's connection pool would: one slow commit does not hold up the schedule, and a
+    writer that falls behind catches up without more than one batch in flight per connection."""
     lock, taken, written = threading.Lock(), [0], [0]
 
     def next_batch() -> int | None:
