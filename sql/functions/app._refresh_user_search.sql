@@ -41,10 +41,16 @@ begin
         where (s.signed_up_at, s.is_anonymous, s.haystack)
               is distinct from (excluded.signed_up_at, excluded.is_anonymous, excluded.haystack);
 
+    -- the users gone: the keys less those found by a join (not NOT EXISTS: an anti join
+    -- stops at a first match, and where a tenancy looks small to the planner it looked each
+    -- key up through an index on tenancy_id alone, walking a big tenancy per key)
     delete from app.user_search s
-    using unnest(p_tenancy_ids, p_user_ids) as k(t, u)
-    where s.tenancy_id = k.t and s.user_id = k.u
-      and not exists (select 1 from app.users u where u.tenancy_id = k.t and u.id = k.u);
+    using (select k.t, k.u from unnest(p_tenancy_ids, p_user_ids) as k(t, u)
+           except
+           select u.tenancy_id, u.id
+           from unnest(p_tenancy_ids, p_user_ids) as k(t, u)
+           join app.users u on u.tenancy_id = k.t and u.id = k.u) as gone
+    where s.tenancy_id = gone.t and s.user_id = gone.u;
 end;
 $$;
 

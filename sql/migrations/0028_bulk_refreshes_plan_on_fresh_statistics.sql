@@ -98,10 +98,16 @@ begin
         where (s.signed_up_at, s.is_anonymous, s.haystack)
               is distinct from (excluded.signed_up_at, excluded.is_anonymous, excluded.haystack);
 
+    -- the users gone: the keys less those found by a join (not NOT EXISTS: an anti join
+    -- stops at a first match, and where a tenancy looks small to the planner it looked each
+    -- key up through an index on tenancy_id alone, walking a big tenancy per key)
     delete from app.user_search s
-    using unnest(p_tenancy_ids, p_user_ids) as k(t, u)
-    where s.tenancy_id = k.t and s.user_id = k.u
-      and not exists (select 1 from app.users u where u.tenancy_id = k.t and u.id = k.u);
+    using (select k.t, k.u from unnest(p_tenancy_ids, p_user_ids) as k(t, u)
+           except
+           select u.tenancy_id, u.id
+           from unnest(p_tenancy_ids, p_user_ids) as k(t, u)
+           join app.users u on u.tenancy_id = k.t and u.id = k.u) as gone
+    where s.tenancy_id = gone.t and s.user_id = gone.u;
 end;
 $$;
 
@@ -152,6 +158,11 @@ begin
         from unnest(p_tenancy_ids, p_user_ids) as k(t, u)
         where exists (select 1 from app.tenancies t where t.id = k.t)
     ),
+    -- the stored state of these users, read once (a join by key, which the planner takes
+    -- through the primary key even where a tenancy looks small to it) for fresh and pair
+    o as (
+        select s.* from app.metrics_user_state s join k on s.tenancy_id = k.tenancy_id and s.user_id = k.user_id
+    ),
     fresh as (
         select u.tenancy_id, u.id as user_id, u.is_anonymous,
                (u.signed_up_at at time zone 'UTC')::date as signup_day,
@@ -171,7 +182,7 @@ begin
                    as country_event_id
         from k
         join app.users u on u.tenancy_id = k.tenancy_id and u.id = k.user_id
-        left join app.metrics_user_state s on s.tenancy_id = k.tenancy_id and s.user_id = k.user_id
+        left join o s on s.tenancy_id = k.tenancy_id and s.user_id = k.user_id
         left join lateral (
             select max(e.occurred_at) as last_at
             from app.events e
@@ -196,7 +207,7 @@ begin
                f.country_code as f_country, f.last_active_at as f_last
         -- a FULL JOIN of the two (a hash or merge join, never a nested loop: these lists come
         -- from arrays the planner cannot size, and a nested loop over both is quadratic)
-        from (select s.* from app.metrics_user_state s join k on s.tenancy_id = k.tenancy_id and s.user_id = k.user_id) o
+        from o
         full join fresh f on f.tenancy_id = o.tenancy_id and f.user_id = o.user_id
         cross join lateral (select coalesce(o.tenancy_id, f.tenancy_id) as tenancy_id,
                                    coalesce(o.user_id, f.user_id) as user_id) key
