@@ -1,5 +1,5 @@
 """Bulk loads into app tables without statistics of their rows (migration 0028), beside the
-same loads with the code before 0028, in one run on one server.
+same loads without 0028's ANALYZE of stale tables, in one run on one server.
 
     .venv/bin/python -m perf.bench_bulk_load [--users 10000] [--server embedded|debian|both]
 
@@ -14,8 +14,8 @@ template, for each state the app tables can be in before it:
 - vacuumed, analyzed empty: VACUUM ANALYZE after the rolled-back load.
 
 Each state is measured with app._analyze_if_stale as shipped and with it made a no-op
-inside the transaction (the baseline: the triggers as before 0028). Writes the
-bench_bulk_load block of perf/RESULTS.md.
+inside the transaction (the baseline: 0028's key joins alone). Writes the bench_bulk_load
+block of perf/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def measure(server_dsn: str, users: int, state: list[str], baseline: bool) -> Lo
     with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
         for step in state:
             if step == "rolled-back load":
-                load(conn, users, baseline=True)  # as before 0028, so it analyzes nothing itself
+                load(conn, users, baseline=True)  # without the helper, so it analyzes nothing itself
             else:
                 run(conn, step)
         return load(conn, users, baseline)
@@ -92,7 +92,7 @@ def server_lines(label: str, facts: dict, users: int, results: dict[str, dict[bo
     lines = [f"#### {label}: {facts['postgres'].split(' on ')[0]}", "",
              f"- **settings**: `{facts['settings'].split(' (')[0]}`", "",
              f"| state of the app tables before the load | {users:,} users, then their emails: with 0028 |"
-             " before 0028 (helper a no-op), same run | ratio |",
+             " without the ANALYZE of stale tables (helper a no-op), same run | ratio |",
              "|---|--:|--:|--:|"]
     for state, by in results.items():
         ours, base = by[False], by[True]
@@ -116,7 +116,7 @@ def run_server(server_dsn: str, users: int) -> tuple[dict, dict[str, dict[bool, 
     results: dict[str, dict[bool, Load]] = {}
     for state, steps in STATES.items():
         for baseline in (False, True):
-            click.echo(f"{state}, {'before 0028' if baseline else 'with 0028'} …", err=True)
+            click.echo(f"{state}, {'helper a no-op' if baseline else 'with 0028'} …", err=True)
             results.setdefault(state, {})[baseline] = measure(server_dsn, users, steps, baseline)
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         run(conn, "drop_database", database=DATABASE)
@@ -129,7 +129,7 @@ def run_server(server_dsn: str, users: int) -> tuple[dict, dict[str, dict[bool, 
               help="Users of the load (and of the rolled-back load before it).")
 @click.option("--server", type=click.Choice(["embedded", "debian", "both"]), default="both", show_default=True)
 def main(users: int, server: str) -> None:
-    """Bulk loads into tables without statistics, with and without 0028's fresh statistics."""
+    """Bulk loads into tables without statistics, with and without 0028's ANALYZE of stale tables."""
     servers = {"embedded": embedded_server, "Debian": debian_cluster.ensure}
     chosen = [label for label in servers if server in (label.lower(), "both")]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -142,7 +142,7 @@ def main(users: int, server: str) -> None:
             f"### Latest run: {now}", "",
             f"`.venv/bin/python -m perf.bench_bulk_load --users {users} --server {server}`", "",
             *(f"- **{k}**: `{v}`" for k, v in facts.items() if k not in ("postgres", "settings")), ""]
-    tail = ["Ratio: seconds before 0028 over seconds with it. Each load is one transaction of two statements"
+    tail = ["Ratio: seconds without the helper over seconds with it. Each load is one transaction of two statements"
             " (the users of a new tenancy, then a primary email each), rolled back; each cell is one run in a"
             " fresh clone of a migrated database.", END]
     text = "\n".join(head + block + tail)

@@ -1,3 +1,3 @@
--- The code before 0028, until the transaction ends: app._analyze_if_stale does nothing.
+-- Until the transaction ends, app._analyze_if_stale does nothing (0028's key joins alone).
 create or replace function app._analyze_if_stale(p_rows bigint, p_tables regclass[])
 returns void language sql as 'select'
