@@ -450,8 +450,9 @@ def write_results(runs: list[ServerRun], command: str) -> None:
               " needed) while its sequencer stamps both tenancies' backlog, whose pages then change nothing."
               " The initial-sync line runs `pyglue sync` on rows already stamped. Steady state: each system runs"
               " --repeats times per line, alternating with the other; a line shows its run of median p99 and"
-              " every run's p99. Markers written into distinct users in batches due every 10 ms over two writer connections, as renames (display_name, which the app's trigger"
-              " also copies into each user's search row, app.user_search) and as avatar changes"
+              " every run's p99. Markers written into distinct users in batches due every 10 ms over two writer"
+              " connections, as renames (display_name, which the app's trigger also copies into each user's"
+              " search row, app.user_search) and as avatar changes"
               " (profile_image_url, no search row); latency from the writer's statement done (just before its"
               " commit) to the poller's read of the row in the target, both on the servers' clock.", END]
     text = "\n".join(block)
