@@ -13,6 +13,7 @@ import itertools
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -53,6 +54,13 @@ class Server:
             maintenance_dbname=p.get("dbname") or "postgres",
             as_template=as_template,
         )
+
+    @contextmanager
+    def clone(self, template: str, kind: str) -> Iterator[str]:
+        """DSN of a new database cloned from template (named after kind), dropped afterwards."""
+        name = unique_name(kind)
+        with self.janitor(name, template=template):
+            yield self.dsn_for(name)
 
     def version(self) -> int:
         with psycopg.connect(self.dsn) as c:
@@ -97,9 +105,8 @@ def _fetch_login_for(server: Server) -> None:
 
 @pytest.fixture(scope="session")
 def shared_db(server: Server, template_db: str) -> Iterator[str]:
-    name = unique_name("shared")
-    with server.janitor(name, template=template_db):
-        yield server.dsn_for(name)
+    with server.clone(template_db, "shared") as dsn:
+        yield dsn
 
 
 @pytest.fixture
@@ -120,9 +127,8 @@ def conn(shared_db: str) -> Iterator[psycopg.Connection]:
 @pytest.fixture
 def fresh_db(server: Server, template_db: str) -> Iterator[str]:
     """DSN of a migrated database of this test's own, dropped afterwards."""
-    name = unique_name("test")
-    with server.janitor(name, template=template_db):
-        yield server.dsn_for(name)
+    with server.clone(template_db, "test") as dsn:
+        yield dsn
 
 
 @pytest.fixture

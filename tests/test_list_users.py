@@ -9,7 +9,6 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests import factories
-from tests.conftest import unique_name
 from tests.sessions import refused
 
 N = 10_000
@@ -20,13 +19,11 @@ def crowd_db(server, template_db):
     """A database of its own holding the committed crowd, built once for the module: 10k users
     with sign-up times shared by three users each (ties broken by id), every 10th anonymous,
     a primary email per user, a phone for every 5th, every 3rd in a team; one user of another
-    tenancy. (Built per test on the shared clone, the inserts ran after autovacuum had analyzed
-    the tables while only the previous test's rolled-back rows filled them: with 0 rows on
-    many pages in pg_class, the search and metrics triggers' key lookups took an index on
-    tenancy_id alone and the setup 15-40 s instead of 1.5 s.)"""
-    name = unique_name("list_users")
-    with server.janitor(name, template=template_db):
-        dsn = server.dsn_for(name)
+    tenancy. (Built per test on the shared clone before 0028, the inserts ran after
+    autovacuum had analyzed the tables while only the previous test's rolled-back rows filled
+    them: with 0 rows on many pages in pg_class, the search and metrics triggers' key lookups
+    took an index on tenancy_id alone and the setup 15-40 s instead of 1.5 s.)"""
+    with server.clone(template_db, "list_users") as dsn:
         with psycopg.connect(dsn, row_factory=dict_row) as c:
             t = factories.tenancy(c, "list_users")
             team = factories.team(c, t, "threes")
